@@ -1,0 +1,3 @@
+from forge_slo.cli import main
+
+raise SystemExit(main())
