@@ -46,10 +46,23 @@ class CounterTerm:
 
 
 @dataclass(frozen=True)
+class ExampleSeries:
+    """A series the server exports, for synthetic test data: ``role`` says which rate it carries.
+
+    ``good`` carries the successful requests, ``bad`` the failed ones and ``total`` all of them.
+    """
+
+    metric: str
+    labels: tuple[tuple[str, str], ...]
+    role: str
+
+
+@dataclass(frozen=True)
 class Availability:
     errors: tuple[CounterTerm, ...]
     total: tuple[CounterTerm, ...]
     description: str
+    examples: tuple[ExampleSeries, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,10 @@ VLLM = Preset(
             "aborted or failed requests (vllm:request_success_total{finished_reason=~\"abort|error\"}) plus HTTP 5xx "
             "(http_requests_total{status=\"5xx\"}) over finished requests plus 5xx answers"
         ),
+        examples=(
+            ExampleSeries("vllm:request_success_total", (("finished_reason", "stop"),), "good"),
+            ExampleSeries("vllm:request_success_total", (("finished_reason", "abort"),), "bad"),
+        ),
     ),
 )
 
@@ -139,6 +156,10 @@ SGLANG = Preset(
         errors=(CounterTerm("sglang:num_aborted_requests_total"),),
         total=(CounterTerm("sglang:num_requests_total"),),
         description="aborted requests (sglang:num_aborted_requests_total) over all requests (sglang:num_requests_total)",
+        examples=(
+            ExampleSeries("sglang:num_requests_total", (), "total"),
+            ExampleSeries("sglang:num_aborted_requests_total", (), "bad"),
+        ),
     ),
 )
 
@@ -158,6 +179,10 @@ TGI = Preset(
         errors=(CounterTerm("tgi_request_failure", ('err!="validation"',)),),
         total=(CounterTerm("tgi_request_count"),),
         description="failed requests except invalid ones (tgi_request_failure{err!=\"validation\"}) over all requests",
+        examples=(
+            ExampleSeries("tgi_request_count", (), "total"),
+            ExampleSeries("tgi_request_failure", (("err", "generation"),), "bad"),
+        ),
     ),
 )
 
@@ -177,6 +202,10 @@ TRITON = Preset(
         description=(
             "failed requests not cancelled by the client (nv_inference_request_failure{reason!=\"CANCELED\"}) over "
             "successful plus failed ones"
+        ),
+        examples=(
+            ExampleSeries("nv_inference_request_success", (("version", "1"),), "good"),
+            ExampleSeries("nv_inference_request_failure", (("reason", "BACKEND"), ("version", "1")), "bad"),
         ),
     ),
 )

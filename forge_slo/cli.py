@@ -1,0 +1,132 @@
+"""The ``forge-slo`` command: parse arguments, call one function, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from forge_slo import __version__
+from forge_slo.errors import ForgeError, SpecErrors
+
+EPILOG = "Exit codes: 0 success, 1 failure (stale output, runner error), 2 bad input (spec, flags), 3 source error."
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forge-slo",
+        description="SLOs for LLM inference and training clusters: compile YAML specs into Prometheus rules, "
+                    "burn-rate alerts and promtool tests, and judge real clusters against them.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"forge-slo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check spec files and report every problem",
+                       description="Load and check spec files (forge-slo/v1, Sloth prometheus/v1, OpenSLO v1). "
+                                   "Prints one line per problem with file, line and field.", epilog=EPILOG)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or directories (all *.yaml/*.yml in them)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("compile", help="compile specs into rules, alerts and promtool tests",
+                       description="Compile specs into DIR/prometheus/<service>.rules.yaml and "
+                                   "DIR/promtool-tests/<service>.test.yaml. The directories forge-slo writes are "
+                                   "replaced whole; nothing is written when any spec is invalid.", epilog=EPILOG)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or directories")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", type=Path, help="output directory")
+    p.add_argument("--format", default="prometheus", choices=("prometheus", "prometheus-operator"),
+                   help="rule file format: plain Prometheus rule files (default) or PrometheusRule custom "
+                        "resources for the prometheus-operator")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if DIR differs from what the specs compile to (for CI)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("simulate", help="run the OpenAI-compatible inference simulator (vLLM metrics, faults)",
+                       description="Serve an OpenAI-compatible API that behaves like a vLLM server without a GPU: "
+                                   "streaming completions with configurable TTFT and TPOT, vLLM's /metrics, "
+                                   "and faults on demand through /admin/faults.", epilog=EPILOG)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--config", metavar="FILE", help="simulator YAML config (models, timing, faults)")
+    p.add_argument("--admin-token", metavar="TOKEN",
+                   help="require 'Authorization: Bearer TOKEN' on /admin (also FORGE_SLO_SIM_ADMIN_TOKEN)")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from forge_slo.spec import load_specs
+
+    specs = load_specs(args.paths)
+    for spec in specs:
+        print(f"ok  {spec.service}: {len(spec.slos)} SLOs from {spec.source} ({spec.source_format})")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from forge_slo.compile.pipeline import OWNED_DIRS, compile_specs
+    from forge_slo.output import stale_files, write_tree
+    from forge_slo.spec import load_specs
+
+    specs = load_specs(args.paths)
+    result = compile_specs(specs, args.format)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.check:
+        problems = stale_files(args.out, result.artifacts, OWNED_DIRS)
+        for problem in problems:
+            print(f"stale: {args.out / problem}", file=sys.stderr)
+        if problems:
+            print(f"{args.out} is out of date: run forge-slo compile {' '.join(args.paths)} --out {args.out}",
+                  file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date ({len(result.artifacts)} files)")
+        return 0
+    write_tree(args.out, result.artifacts, OWNED_DIRS)
+    slos = sum(len(s.slos) for s in specs)
+    print(f"compiled {len(specs)} services, {slos} SLOs into {len(result.artifacts)} files under {args.out}")
+    for artifact in result.artifacts:
+        print(f"  {args.out / artifact.path}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import os
+
+    from forge_slo.sim import run_simulator
+
+    if not 0 < args.port < 65536:
+        raise UsageErrorFor("--port", f"{args.port} is not a port number (1-65535)")
+    if args.admin_token:
+        os.environ["FORGE_SLO_SIM_ADMIN_TOKEN"] = args.admin_token
+    return run_simulator(port=args.port, host=args.host, config_path=args.config)
+
+
+def UsageErrorFor(flag: str, reason: str) -> ForgeError:  # noqa: N802 - reads like the exception it builds
+    from forge_slo.errors import UsageError
+
+    return UsageError(f"{flag}: {reason}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except SpecErrors as exc:
+        for error in exc.errors:
+            print(f"error: {error.render()}", file=sys.stderr)
+        print(f"{len(exc.errors)} problem{'s' if len(exc.errors) != 1 else ''} found; nothing written",
+              file=sys.stderr)
+        return exc.exit_code
+    except ForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

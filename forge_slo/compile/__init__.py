@@ -1,0 +1,1 @@
+"""Pure compilers from specs to artifacts (rules, promtool tests, dashboards)."""

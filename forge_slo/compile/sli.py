@@ -1,0 +1,75 @@
+"""PromQL for an SLI: the rate of failed requests and the rate of all requests over a window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forge_slo import promql
+from forge_slo.spec.model import SLO, AvailabilitySLI, LatencySLI, RatioSLI, ServiceSpec
+from forge_slo.spec.presets import CounterTerm
+
+
+@dataclass(frozen=True)
+class SliQueries:
+    """Per-second rates of failed and of all requests for one SLO, with ``{{window}}`` left open."""
+
+    errors: str
+    total: str
+
+    def errors_over(self, window: str) -> str:
+        return promql.fill_window(self.errors, window)
+
+    def total_over(self, window: str) -> str:
+        return promql.fill_window(self.total, window)
+
+
+W = promql.WINDOW_PLACEHOLDER
+
+
+def sli_queries(spec: ServiceSpec, slo: SLO) -> SliQueries:
+    sli = slo.sli
+    if isinstance(sli, LatencySLI):
+        return _latency(spec, sli)
+    if isinstance(sli, AvailabilitySLI):
+        return SliQueries(
+            errors=_sum_terms(spec, sli.counters.errors),
+            total=_sum_terms(spec, sli.counters.total),
+        )
+    assert isinstance(sli, RatioSLI)
+    if sli.errors is not None:
+        return SliQueries(errors=sli.errors, total=sli.total)
+    assert sli.good is not None
+    return SliQueries(errors=f"({sli.total}) - ({sli.good})", total=sli.total)
+
+
+def _latency(spec: ServiceSpec, sli: LatencySLI) -> SliQueries:
+    metric = sli.histogram.metric
+    total = promql.sum_by(spec.group_by, promql.rate(promql.selector(f"{metric}_count", spec.selector), W))
+    good = promql.sum_by(
+        spec.group_by,
+        promql.rate(promql.selector(f"{metric}_bucket", spec.selector, [promql.le_matcher(sli.bucket_bound)]), W),
+    )
+    return SliQueries(errors=f"{total} - {good}", total=total)
+
+
+def _term(spec: ServiceSpec, term: CounterTerm) -> tuple[str, tuple[str, ...]]:
+    labels = tuple(label for label in spec.group_by if label not in term.lacks)
+    expr = promql.sum_by(labels, promql.rate(promql.selector(term.metric, spec.selector, term.matchers), W))
+    return expr, labels
+
+
+def _sum_terms(spec: ServiceSpec, terms: tuple[CounterTerm, ...]) -> str:
+    """Add counters; a term missing for a group adds nothing instead of erasing the group.
+
+    A term without some group_by labels (a server-wide HTTP counter) is charged to every group that shares
+    its remaining labels: ``A + on(<shared>) group_left() B``.
+    """
+    expr, _ = _term(spec, terms[0])
+    for term in terms[1:]:
+        other, shared = _term(spec, term)
+        if len(shared) == len(spec.group_by):
+            combined = f"({expr} + {other})"
+        else:
+            combined = f"({expr} + on({', '.join(shared)}) group_left() {other})"
+        expr = f"({combined} or {expr})"
+    return expr

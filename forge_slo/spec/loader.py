@@ -1,0 +1,383 @@
+"""Reading spec files: the only place that turns user YAML into typed spec objects."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from forge_slo import promql
+from forge_slo.durations import format_duration, parse_duration
+from forge_slo.errors import SpecError, SpecErrors
+from forge_slo.spec.model import (
+    PAGE,
+    SLI,
+    SLO,
+    TICKET,
+    AlertPolicy,
+    AvailabilitySLI,
+    BurnWindow,
+    LatencySLI,
+    RatioSLI,
+    ServiceSpec,
+    default_windows,
+    frozen_map,
+)
+from forge_slo.spec.presets import PRESETS, Histogram, Preset
+from forge_slo.spec.yamlnode import Node, load_documents
+
+API_VERSION = "forge-slo/v1"
+KIND = "ServiceSLO"
+NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+RESERVED_LABEL_PREFIX = "forge_slo_"
+DEFAULT_FOR = {PAGE: 120.0, TICKET: 600.0}
+
+
+def spec_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named on the command line; a directory means all its ``*.yaml``/``*.yml`` (sorted, not nested)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                raise SpecError("no *.yaml or *.yml files in this directory", file=str(path))
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise SpecError("no such file or directory", file=str(path))
+    return out
+
+
+def load_specs(paths: Sequence[str | Path]) -> list[ServiceSpec]:
+    """Every service in the given files, validated. Raises SpecErrors listing every bad document."""
+    from forge_slo.spec import importers
+
+    errors: list[SpecError] = []
+    specs: list[ServiceSpec] = []
+    openslo_docs: list[Node] = []
+    try:
+        files = spec_files(paths)
+    except SpecError as exc:
+        raise SpecErrors([exc]) from None
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+            docs = load_documents(text, str(file))
+        except SpecError as exc:
+            errors.append(exc)
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(SpecError(f"cannot read: {exc}", file=str(file)))
+            continue
+        for doc in docs:
+            if doc.value is None:
+                continue
+            try:
+                fmt = document_format(doc)
+                if fmt == "openslo":
+                    openslo_docs.append(doc)
+                elif fmt == "sloth":
+                    specs.append(importers.from_sloth(doc))
+                else:
+                    specs.append(parse_service(doc))
+            except SpecError as exc:
+                errors.append(exc)
+    if openslo_docs:
+        try:
+            specs.extend(importers.from_openslo(openslo_docs))
+        except SpecErrors as exc:
+            errors.extend(exc.errors)
+    seen: dict[str, ServiceSpec] = {}
+    for spec in specs:
+        if spec.service in seen:
+            errors.append(SpecError(
+                f"service {spec.service!r} is also defined in {seen[spec.service].source}; "
+                "each service compiles to its own files, so names must be unique",
+                file=spec.source, field="service"))
+        seen[spec.service] = spec
+    if errors:
+        raise SpecErrors(errors)
+    return sorted(specs, key=lambda s: s.service)
+
+
+def document_format(doc: Node) -> str:
+    items = doc.mapping()
+    if "version" in items and "apiVersion" not in items:
+        version = items["version"].value
+        if version == "prometheus/v1":
+            return "sloth"
+        items["version"].fail(f"unsupported version {version!r}; Sloth specs use \"prometheus/v1\"")
+    if "apiVersion" not in items:
+        doc.fail(f"missing apiVersion (expected {API_VERSION!r}, \"openslo/v1\", or a Sloth \"version: prometheus/v1\")")
+    api = items["apiVersion"].value
+    if api == API_VERSION:
+        return "forge-slo"
+    if api == "openslo/v1":
+        return "openslo"
+    items["apiVersion"].fail(f"unsupported apiVersion {api!r}; expected {API_VERSION!r} or \"openslo/v1\"")
+
+
+# Native format --------------------------------------------------------------------------------------------
+
+_SERVICE_FIELDS = {"apiVersion", "kind", "service", "description", "preset", "metrics", "selector", "group_by",
+                   "period", "labels", "alerting", "slos"}
+
+
+def parse_service(doc: Node) -> ServiceSpec:
+    items = doc.mapping(_SERVICE_FIELDS, required=("apiVersion", "kind", "service", "slos"))
+    kind = items["kind"].string()
+    if kind != KIND:
+        items["kind"].fail(f"unsupported kind {kind!r}; expected {KIND!r}")
+    service = parse_name(items["service"])
+    preset = parse_preset(items.get("preset"), items.get("metrics"))
+    period = parse_duration_node(items["period"]) if "period" in items else 30 * 86400.0
+    selector = parse_labels(items["selector"], allow_reserved=True) if "selector" in items else {}
+    group_by = parse_group_by(items["group_by"]) if "group_by" in items else ()
+    labels = parse_labels(items["labels"]) if "labels" in items else {}
+    description = items["description"].string(non_empty=False) if "description" in items else ""
+    page, ticket, min_events, absent_for = parse_alerting(items.get("alerting"), period)
+    slos = parse_slos(items["slos"], preset, page, ticket)
+    return ServiceSpec(
+        service=service, preset=preset, period_seconds=period, slos=slos, page=page, ticket=ticket,
+        selector=frozen_map(selector), group_by=group_by, labels=frozen_map(labels), min_events=min_events,
+        absent_for_seconds=absent_for, description=description, source=doc.file,
+    )
+
+
+def parse_name(node: Node) -> str:
+    name = node.string()
+    if not NAME_RE.match(name):
+        node.fail(f"{name!r} is not a valid name: use letters, digits, '-', '_' and '.', "
+                  "starting and ending with a letter or digit, at most 63 characters")
+    return name
+
+
+def parse_duration_node(node: Node) -> float:
+    text = node.string()
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        node.fail(str(exc))
+
+
+def parse_preset(node: Node | None, metrics: Node | None) -> Preset:
+    name = node.string() if node is not None else "custom"
+    if name not in PRESETS:
+        assert node is not None
+        node.fail(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    if metrics is None:
+        return preset
+    if name != "custom":
+        metrics.fail(f"only the custom preset declares its own metrics; preset {name!r} already knows them")
+    histograms: dict[str, Histogram] = {}
+    for alias, entry in metrics.items():
+        fields = entry.mapping({"metric", "buckets", "unit_seconds"}, required=("metric", "buckets"))
+        metric = fields["metric"].string()
+        if not promql.is_metric_name(metric):
+            fields["metric"].fail(f"{metric!r} is not a valid Prometheus metric name")
+        buckets = tuple(b.number() for b in fields["buckets"].sequence())
+        if not buckets:
+            fields["buckets"].fail("must list the histogram's bucket bounds")
+        if list(buckets) != sorted(set(buckets)):
+            fields["buckets"].fail("bucket bounds must be distinct and ascending")
+        unit = fields["unit_seconds"].number() if "unit_seconds" in fields else 1.0
+        if unit <= 0:
+            fields["unit_seconds"].fail("must be positive (0.001 for a histogram in milliseconds)")
+        histograms[alias] = Histogram(metric, buckets, unit)
+    return Preset(name="custom", title="custom metrics", model_label=None, histograms=histograms)
+
+
+def parse_labels(node: Node, *, allow_reserved: bool = False) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in node.items():
+        where = Node(None, node.file, value.line, node.child_path(key))
+        if not promql.is_label_name(key):
+            where.fail(f"{key!r} is not a valid Prometheus label name")
+        if not allow_reserved and key.startswith(RESERVED_LABEL_PREFIX):
+            where.fail(f"labels starting with {RESERVED_LABEL_PREFIX!r} are set by forge-slo itself")
+        if isinstance(value.value, bool) or not isinstance(value.value, str | int | float):
+            value.fail(f"label values must be strings, got {value.value!r}")
+        out[key] = str(value.value)
+    return out
+
+
+def parse_group_by(node: Node) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in node.sequence():
+        label = item.string()
+        if not promql.is_label_name(label):
+            item.fail(f"{label!r} is not a valid Prometheus label name")
+        if label in out:
+            item.fail(f"{label!r} is listed twice")
+        out.append(label)
+    return tuple(out)
+
+
+_POLICY_FIELDS = {"labels", "annotations", "for", "windows", "disabled"}
+
+
+def parse_alerting(node: Node | None, period: float) -> tuple[AlertPolicy, AlertPolicy, float, float]:
+    page_windows, ticket_windows = default_windows(period)
+    items = node.mapping({PAGE, TICKET, "min_events", "absent_for"}) if node is not None else {}
+    page = parse_policy(items.get(PAGE), PAGE, page_windows, period)
+    ticket = parse_policy(items.get(TICKET), TICKET, ticket_windows, period)
+    min_events = 10.0
+    if "min_events" in items:
+        min_events = items["min_events"].number()
+        if min_events < 0:
+            items["min_events"].fail("must be zero or more")
+    absent_for = parse_duration_node(items["absent_for"]) if "absent_for" in items else 600.0
+    return page, ticket, min_events, absent_for
+
+
+def parse_policy(node: Node | None, severity: str, defaults: tuple[BurnWindow, ...], period: float) -> AlertPolicy:
+    if node is None:
+        return AlertPolicy(severity, defaults, DEFAULT_FOR[severity])
+    items = node.mapping(_POLICY_FIELDS)
+    windows = defaults
+    if "windows" in items:
+        windows = tuple(parse_window(w, period) for w in items["windows"].sequence())
+        if not windows:
+            items["windows"].fail("must list at least one window (or set disabled: true)")
+    return AlertPolicy(
+        severity=severity,
+        windows=windows,
+        for_seconds=parse_for(items["for"]) if "for" in items else DEFAULT_FOR[severity],
+        labels=frozen_map(parse_labels(items["labels"]) if "labels" in items else {}),
+        annotations=frozen_map(items["annotations"].string_map() if "annotations" in items else {}),
+        enabled=not items["disabled"].boolean() if "disabled" in items else True,
+    )
+
+
+def parse_for(node: Node) -> float:
+    if node.value in (0, "0", "0s"):
+        return 0.0
+    return parse_duration_node(node)
+
+
+def parse_window(node: Node, period: float) -> BurnWindow:
+    items = node.mapping({"long", "short", "factor", "budget_percent"}, required=("long", "short"))
+    long_s = parse_duration_node(items["long"])
+    short_s = parse_duration_node(items["short"])
+    if short_s >= long_s:
+        items["short"].fail(f"the short window ({format_duration(short_s)}) must be shorter than the long one "
+                            f"({format_duration(long_s)})")
+    if long_s > period:
+        items["long"].fail(f"the long window ({format_duration(long_s)}) is longer than the SLO period "
+                           f"({format_duration(period)})")
+    if ("factor" in items) == ("budget_percent" in items):
+        node.fail("give exactly one of 'factor' (a burn rate) or 'budget_percent' (share of the period's "
+                  "budget spent within the long window)")
+    if "factor" in items:
+        factor = items["factor"].number()
+        if factor <= 0:
+            items["factor"].fail("must be positive")
+    else:
+        share = items["budget_percent"].number()
+        if not 0 < share <= 100:
+            items["budget_percent"].fail("must be above 0 and at most 100")
+        factor = round(share / 100 * period / long_s, 4)
+    return BurnWindow(long_s, short_s, factor)
+
+
+def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolicy) -> tuple[SLO, ...]:
+    entries = node.sequence()
+    if not entries:
+        node.fail("must list at least one SLO")
+    slos: list[SLO] = []
+    names: set[str] = set()
+    for entry in entries:
+        items = entry.mapping({"name", "objective", "sli", "description", "labels"},
+                              required=("name", "objective", "sli"))
+        name = parse_name(items["name"])
+        if name in names:
+            items["name"].fail(f"duplicate SLO name {name!r}")
+        names.add(name)
+        objective = items["objective"].number()
+        if not 0 < objective < 100:
+            items["objective"].fail(f"objective is a percentage of good requests and must be between 0 and 100 "
+                                    f"(exclusive), got {objective:g}")
+        budget = 1 - objective / 100
+        for policy in (page, ticket):
+            for window in policy.windows if policy.enabled else ():
+                if window.factor * budget >= 1:
+                    items["objective"].fail(
+                        f"with objective {objective:g}% the {policy.severity} burn rate {window.factor:g}x needs "
+                        f"an error ratio of {window.factor * budget:.0%}, which can never happen; lower the "
+                        "factor or raise the objective")
+        slos.append(SLO(
+            name=name,
+            objective_percent=objective,
+            sli=parse_sli(items["sli"], preset),
+            description=items["description"].string(non_empty=False) if "description" in items else "",
+            labels=frozen_map(parse_labels(items["labels"]) if "labels" in items else {}),
+        ))
+    return tuple(slos)
+
+
+def parse_sli(node: Node, preset: Preset) -> SLI:
+    items = node.mapping({"latency", "availability", "ratio"})
+    if len(items) != 1:
+        node.fail("give exactly one of 'latency', 'availability' or 'ratio'")
+    kind, body = next(iter(items.items()))
+    if kind == "latency":
+        return parse_latency(body, preset)
+    if kind == "availability":
+        if body.value is not None:
+            body.mapping(set())
+        if preset.availability is None:
+            body.fail(f"preset {preset.name!r} has no availability counters; use a 'ratio' SLI with your own queries")
+        return AvailabilitySLI(preset.availability)
+    return parse_ratio(body)
+
+
+def parse_latency(node: Node, preset: Preset) -> LatencySLI:
+    items = node.mapping({"metric", "threshold"}, required=("metric", "threshold"))
+    alias = items["metric"].string()
+    histogram = preset.histogram(alias)
+    if histogram is None:
+        known = ", ".join(preset.aliases()) or "none (declare them under 'metrics')"
+        items["metric"].fail(f"unknown metric {alias!r} for preset {preset.name!r}; known: {known}")
+    threshold = items["threshold"].number()
+    if threshold <= 0:
+        items["threshold"].fail("must be a positive number of seconds")
+    bound = threshold / histogram.unit_seconds
+    if not any(math.isclose(bound, b, rel_tol=1e-9) for b in histogram.buckets):
+        items["threshold"].fail(
+            f"{threshold:g}s is not a bucket bound of {histogram.metric}, so the share of requests under it "
+            f"cannot be counted exactly; {nearest_bounds(histogram, threshold)}")
+    exact = next(b for b in histogram.buckets if math.isclose(bound, b, rel_tol=1e-9))
+    return LatencySLI(alias, histogram, exact * histogram.unit_seconds)
+
+
+def nearest_bounds(histogram: Histogram, threshold_s: float) -> str:
+    bounds_s = [b * histogram.unit_seconds for b in histogram.buckets]
+    i = bisect.bisect_left(bounds_s, threshold_s)
+    below = bounds_s[i - 1] if i > 0 else None
+    above = bounds_s[i] if i < len(bounds_s) else None
+    if below is not None and above is not None:
+        return f"the nearest valid bounds are {below!r} and {above!r}"
+    only = below if below is not None else above
+    return f"the nearest valid bound is {only!r}"
+
+
+def parse_ratio(node: Node) -> RatioSLI:
+    items = node.mapping({"errors", "good", "total"}, required=("total",))
+    if ("errors" in items) == ("good" in items):
+        node.fail("give exactly one of 'errors' or 'good', and 'total'")
+    queries: dict[str, str] = {}
+    for key, value in items.items():
+        query = value.string()
+        if promql.WINDOW_PLACEHOLDER not in query:
+            value.fail(f"the query must contain the {promql.WINDOW_PLACEHOLDER} placeholder where the rate window "
+                       "goes, e.g. sum(rate(http_requests_total[{{window}}]))")
+        problem = promql.parse_error(promql.fill_window(query, "5m"))
+        if problem:
+            value.fail(f"not valid PromQL: {problem}")
+        queries[key] = query.strip()
+    return RatioSLI(total=queries["total"], errors=queries.get("errors"), good=queries.get("good"))

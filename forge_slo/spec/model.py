@@ -1,0 +1,141 @@
+"""The typed spec model. Everything downstream of the loader reads these frozen objects, never dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from forge_slo.spec.presets import Availability, Histogram, Preset
+
+PAGE = "page"
+TICKET = "ticket"
+SEVERITIES = (PAGE, TICKET)
+
+
+def frozen_map(items: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """A read-only mapping with sorted keys, so output built from it is deterministic."""
+    return MappingProxyType(dict(sorted((items or {}).items())))
+
+
+@dataclass(frozen=True)
+class LatencySLI:
+    """Share of requests slower than ``threshold_seconds``, read from a histogram's buckets."""
+
+    alias: str
+    histogram: Histogram
+    threshold_seconds: float
+
+    @property
+    def bucket_bound(self) -> float:
+        """The threshold in the histogram's own unit (the ``le`` bound)."""
+        return self.threshold_seconds / self.histogram.unit_seconds
+
+    kind: str = field(default="latency", init=False)
+
+
+@dataclass(frozen=True)
+class AvailabilitySLI:
+    """Share of requests the server failed, from the preset's success and error counters."""
+
+    counters: Availability
+    kind: str = field(default="availability", init=False)
+
+
+@dataclass(frozen=True)
+class RatioSLI:
+    """User PromQL: ``errors`` (or ``good``) and ``total`` per-second rates over ``{{window}}``."""
+
+    total: str
+    errors: str | None = None
+    good: str | None = None
+    kind: str = field(default="ratio", init=False)
+
+
+SLI = LatencySLI | AvailabilitySLI | RatioSLI
+
+
+@dataclass(frozen=True)
+class BurnWindow:
+    """Alert when the burn rate exceeds ``factor`` over both the long and the short window."""
+
+    long_seconds: float
+    short_seconds: float
+    factor: float
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    severity: str
+    windows: tuple[BurnWindow, ...]
+    for_seconds: float
+    labels: Mapping[str, str] = field(default_factory=frozen_map)
+    annotations: Mapping[str, str] = field(default_factory=frozen_map)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SLO:
+    name: str
+    objective_percent: float
+    sli: SLI
+    description: str = ""
+    labels: Mapping[str, str] = field(default_factory=frozen_map)
+
+    @property
+    def objective_ratio(self) -> float:
+        return self.objective_percent / 100.0
+
+    @property
+    def error_budget_ratio(self) -> float:
+        # Rounded so 99.9 gives 0.001, not 0.0010000000000000009.
+        return round(1.0 - self.objective_percent / 100.0, 12)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    service: str
+    preset: Preset
+    period_seconds: float
+    slos: tuple[SLO, ...]
+    page: AlertPolicy
+    ticket: AlertPolicy
+    selector: Mapping[str, str] = field(default_factory=frozen_map)
+    group_by: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=frozen_map)
+    min_events: float = 10.0
+    absent_for_seconds: float = 600.0
+    description: str = ""
+    source: str = ""
+    source_format: str = "forge-slo/v1"
+
+    @property
+    def policies(self) -> tuple[AlertPolicy, ...]:
+        return tuple(p for p in (self.page, self.ticket) if p.enabled)
+
+    def windows_seconds(self) -> list[float]:
+        """Every alert window (long and short) of every enabled policy, ascending, without repeats."""
+        seen = {w for p in self.policies for b in p.windows for w in (b.long_seconds, b.short_seconds)}
+        return sorted(seen)
+
+    @property
+    def base_window_seconds(self) -> float:
+        """The shortest alert window: its recorded rates feed the period SLI."""
+        windows = self.windows_seconds()
+        return windows[0] if windows else 300.0
+
+
+def default_windows(period_seconds: float) -> tuple[tuple[BurnWindow, ...], tuple[BurnWindow, ...]]:
+    """The SRE workbook's windows, factors derived from the period.
+
+    Page: 2% of the budget in 1h (short 5m) or 5% in 6h (short 30m). Ticket: 10% in 1d (short 2h) or 10%
+    in 3d (short 6h). For 30 days that is 14.4x, 6x, 3x and 1x; for 28 days 13.44x, 5.6x, 2.8x and 0.93x.
+    """
+
+    def window(long_s: float, short_s: float, budget_share: float) -> BurnWindow:
+        return BurnWindow(long_s, short_s, round(budget_share * period_seconds / long_s, 4))
+
+    hour = 3600.0
+    page = (window(hour, 300.0, 0.02), window(6 * hour, 1800.0, 0.05))
+    ticket = (window(24 * hour, 2 * hour, 0.10), window(72 * hour, 6 * hour, 0.10))
+    return page, ticket
