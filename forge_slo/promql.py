@@ -93,3 +93,15 @@ def parse_error(expr: str) -> str | None:
     except ValueError as exc:
         return str(exc) or "invalid PromQL"
     return None
+
+
+def regex_matcher(label: str, pattern: str) -> str:
+    """``label=~"pattern"``: ``pattern`` is a regex (or a Grafana variable expanding to one), quoted as is."""
+    if not is_label_name(label):
+        raise ValueError(f"{label!r} is not a valid label name")
+    return f"{label}=~{quote(pattern)}"
+
+
+def any_of_regex(values: Iterable[str]) -> str:
+    """A regex matching exactly one of ``values`` (for a ``=~`` matcher)."""
+    return "|".join(re.escape(v) for v in values)

@@ -15,7 +15,7 @@ from typing import Any
 
 from forge_slo import conventions as cv
 from forge_slo import promql
-from forge_slo.compile.rules import absent_alert, alert_labels, burn_annotations, slo_labels
+from forge_slo.compile.rules import absent_alert, absent_labels, alert_labels, burn_alert_name, burn_annotations, slo_labels
 from forge_slo.durations import format_duration
 from forge_slo.errors import ForgeError
 from forge_slo.spec.model import SLO, AlertPolicy, AvailabilitySLI, BurnWindow, LatencySLI, ServiceSpec
@@ -131,7 +131,7 @@ def slo_tests(spec: ServiceSpec, slo: SLO) -> list[dict[str, Any]]:
     longest_for = max(p.for_seconds for p in spec.policies)
     eval_minutes = math.ceil(longest_for / 60) + 5
     minutes = eval_minutes + 5
-    alertname = cv.burn_alert_name(spec.service, slo.name)
+    alertname = burn_alert_name(spec, slo)
     budget = slo.error_budget_ratio
     tests: list[dict[str, Any]] = []
     factors = sorted({w.factor for _, w in _windows(spec)}, reverse=True)
@@ -170,7 +170,7 @@ def slo_tests(spec: ServiceSpec, slo: SLO) -> list[dict[str, Any]]:
 def _absent_test(spec: ServiceSpec, slo: SLO) -> dict[str, Any]:
     rule = absent_alert(spec, slo)
     eval_minutes = math.ceil(spec.absent_for_seconds / 60) + 2
-    labels = dict(rule["labels"])
+    labels = absent_labels(spec, slo)
     return {
         "name": f"{spec.service}/{slo.name}: no metrics for {format_duration(spec.absent_for_seconds)} raises "
                 f"{rule['alert']}",

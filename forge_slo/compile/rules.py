@@ -24,6 +24,14 @@ def slo_labels(spec: ServiceSpec, slo: SLO) -> dict[str, str]:
     return dict(sorted(labels.items()))
 
 
+def burn_alert_name(spec: ServiceSpec, slo: SLO) -> str:
+    return slo.alert_name or cv.burn_alert_name(spec.service, slo.name)
+
+
+def absent_alert_name(spec: ServiceSpec, slo: SLO) -> str:
+    return f"{slo.alert_name}SLIAbsent" if slo.alert_name else cv.absent_alert_name(spec.service, slo.name)
+
+
 def slo_selector(spec: ServiceSpec, slo: SLO) -> dict[str, str]:
     """Matchers that pick one SLO's recorded series."""
     return {cv.SERVICE_LABEL: spec.service, cv.SLO_LABEL: slo.name}
@@ -152,29 +160,38 @@ def burn_annotations(spec: ServiceSpec, slo: SLO, policy: AlertPolicy, window: B
 
 def alerts(spec: ServiceSpec, slo: SLO) -> list[Rule]:
     rules: list[Rule] = []
-    name = cv.burn_alert_name(spec.service, slo.name)
+    name = burn_alert_name(spec, slo)
     for policy in spec.policies:
         for window in policy.windows:
             rule: Rule = {"alert": name, "expr": burn_alert_expr(spec, slo, window)}
             if policy.for_seconds > 0:
                 rule["for"] = format_duration(policy.for_seconds)
-            rule["labels"] = alert_labels(spec, slo, policy, window)
+            rule["labels"] = literal_labels(alert_labels(spec, slo, policy, window))
             rule["annotations"] = burn_annotations(spec, slo, policy, window)
             rules.append(rule)
     rules.append(absent_alert(spec, slo))
     return rules
 
 
-def absent_alert(spec: ServiceSpec, slo: SLO) -> Rule:
+def literal_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Prometheus expands templates in alert labels too: spec values must come out as written."""
+    return {k: _safe(v) for k, v in labels.items()}
+
+
+def absent_labels(spec: ServiceSpec, slo: SLO) -> dict[str, str]:
     labels = slo_labels(spec, slo)
     labels.update(spec.ticket.labels)
     labels[cv.SEVERITY_LABEL] = "ticket"
+    return dict(sorted(labels.items()))
+
+
+def absent_alert(spec: ServiceSpec, slo: SLO) -> Rule:
     base = spec.base_window_seconds
     return {
-        "alert": cv.absent_alert_name(spec.service, slo.name),
+        "alert": absent_alert_name(spec, slo),
         "expr": f"absent({promql.selector(cv.request_rate(base), slo_selector(spec, slo))})",
         "for": format_duration(spec.absent_for_seconds),
-        "labels": dict(sorted(labels.items())),
+        "labels": literal_labels(absent_labels(spec, slo)),
         "annotations": {
             "summary": f"{spec.service} SLO {slo.name} has no data: its SLI cannot be computed",
             "description": (f"The recording {cv.request_rate(base)} for {spec.service}/{slo.name} has been empty for "

@@ -12,6 +12,7 @@ from forge_slo import promql
 from forge_slo.errors import SpecError, SpecErrors
 from forge_slo.spec.loader import (
     DEFAULT_FOR,
+    parse_alert_name,
     parse_duration_node,
     parse_labels,
     parse_name,
@@ -86,6 +87,7 @@ def from_sloth(doc: Node) -> ServiceSpec:
             sli=RatioSLI(total=_sloth_query(events["total_query"]), errors=_sloth_query(events["error_query"])),
             description=slo["description"].string(non_empty=False) if "description" in slo else "",
             labels=frozen_map(slo_labels),
+            alert_name=parse_alert_name(alerting["name"]) if "name" in alerting else "",
         ))
     if not slos:
         items["slos"].fail("must list at least one SLO")

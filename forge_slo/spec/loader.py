@@ -292,7 +292,7 @@ def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolic
     slos: list[SLO] = []
     names: set[str] = set()
     for entry in entries:
-        items = entry.mapping({"name", "objective", "sli", "description", "labels"},
+        items = entry.mapping({"name", "objective", "sli", "description", "labels", "alert_name"},
                               required=("name", "objective", "sli"))
         name = parse_name(items["name"])
         if name in names:
@@ -316,8 +316,16 @@ def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolic
             sli=parse_sli(items["sli"], preset),
             description=items["description"].string(non_empty=False) if "description" in items else "",
             labels=frozen_map(parse_labels(items["labels"]) if "labels" in items else {}),
+            alert_name=parse_alert_name(items["alert_name"]) if "alert_name" in items else "",
         ))
     return tuple(slos)
+
+
+def parse_alert_name(node: Node) -> str:
+    name = node.string()
+    if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", name):
+        node.fail(f"{name!r} is not a valid alert name (letters, digits and '_', not starting with a digit)")
+    return name
 
 
 def parse_sli(node: Node, preset: Preset) -> SLI:

@@ -81,6 +81,7 @@ class SLO:
     sli: SLI
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=frozen_map)
+    alert_name: str = ""  # overrides the derived burn-rate alert name
 
     @property
     def objective_ratio(self) -> float:
