@@ -29,15 +29,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or directories (all *.yaml/*.yml in them)")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("compile", help="compile specs into rules, alerts and promtool tests",
-                       description="Compile specs into DIR/prometheus/<service>.rules.yaml and "
-                                   "DIR/promtool-tests/<service>.test.yaml. The directories forge-slo writes are "
-                                   "replaced whole; nothing is written when any spec is invalid.", epilog=EPILOG)
+    p = sub.add_parser("compile", help="compile specs into rules, alerts, promtool tests and dashboards",
+                       description="Compile specs into DIR/prometheus/<service>.rules.yaml, "
+                                   "DIR/promtool-tests/<service>.test.yaml and DIR/grafana/<service>.json plus "
+                                   "DIR/grafana/overview.json. The directories forge-slo writes are replaced "
+                                   "whole; nothing is written when any spec is invalid.", epilog=EPILOG)
     p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or directories")
     p.add_argument("--out", "-o", required=True, metavar="DIR", type=Path, help="output directory")
     p.add_argument("--format", default="prometheus", choices=("prometheus", "prometheus-operator"),
                    help="rule file format: plain Prometheus rule files (default) or PrometheusRule custom "
                         "resources for the prometheus-operator")
+    p.add_argument("--grafana-out", metavar="DIR", type=Path,
+                   help="write the dashboards here instead of DIR/grafana (e.g. a Grafana provisioning folder)")
+    p.add_argument("--no-dashboards", action="store_true", help="skip the Grafana dashboards")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if DIR differs from what the specs compile to (for CI)")
     p.set_defaults(func=cmd_compile)
@@ -70,24 +74,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from forge_slo.spec import load_specs
 
     specs = load_specs(args.paths)
-    result = compile_specs(specs, args.format)
+    result = compile_specs(specs, args.format, dashboards=not args.no_dashboards)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    targets = {name: args.out / name for name in OWNED_DIRS}
+    if args.grafana_out is not None:
+        targets["grafana"] = args.grafana_out
     if args.check:
-        problems = stale_files(args.out, result.artifacts, OWNED_DIRS)
+        problems = stale_files(result.artifacts, targets)
         for problem in problems:
-            print(f"stale: {args.out / problem}", file=sys.stderr)
+            print(f"stale: {problem}", file=sys.stderr)
         if problems:
-            print(f"{args.out} is out of date: run forge-slo compile {' '.join(args.paths)} --out {args.out}",
-                  file=sys.stderr)
+            print("the output is out of date: run forge-slo compile again without --check", file=sys.stderr)
             return 1
-        print(f"{args.out} is up to date ({len(result.artifacts)} files)")
+        print(f"up to date ({len(result.artifacts)} files)")
         return 0
-    write_tree(args.out, result.artifacts, OWNED_DIRS)
+    write_tree(result.artifacts, targets)
     slos = sum(len(s.slos) for s in specs)
-    print(f"compiled {len(specs)} services, {slos} SLOs into {len(result.artifacts)} files under {args.out}")
+    print(f"compiled {len(specs)} services, {slos} SLOs into {len(result.artifacts)} files")
     for artifact in result.artifacts:
-        print(f"  {args.out / artifact.path}")
+        top, _, rest = artifact.path.partition("/")
+        print(f"  {targets[top] / rest}")
     return 0
 
 
@@ -130,3 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0

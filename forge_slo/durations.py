@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -20,6 +21,7 @@ def parse_duration(text: str) -> float:
     return float(seconds)
 
 
+@functools.lru_cache(maxsize=1024)
 def format_duration(seconds: float) -> str:
     """The shortest Prometheus duration for a number of seconds: 300 -> ``5m``, 5400 -> ``1h30m``."""
     if seconds <= 0:

@@ -114,7 +114,8 @@ def test_three_failures_out_of_five_at_night_page_nobody(promtool: str, tmp_path
 def test_without_the_guard_the_same_night_would_page(promtool: str, tmp_path: Path) -> None:
     """The guard is what keeps the previous test quiet: with min_events 0 the same data pages."""
     check(promtool, tmp_path, rules(tmp_path, min_events=0), _low_traffic(), [
-        ('count(ALERTS{alertstate="firing",forge_slo_severity="page"}) > bool 0', "55m", [{"labels": "{}", "value": 1}]),
+        ('count(ALERTS{alertstate="firing",forge_slo_severity="page"}) > bool 0', "55m",
+         [{"labels": "{}", "value": 1}]),
     ])
 
 

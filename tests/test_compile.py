@@ -13,7 +13,7 @@ import yaml
 from forge_slo.compile.pipeline import compile_specs
 from forge_slo.errors import SpecErrors
 from forge_slo.spec import load_specs
-from tests.conftest import EXAMPLES, GOLDEN, run_cli
+from tests.conftest import EXAMPLES, GOLDEN, REPO, run_cli
 from tests.test_spec import GOOD, write
 
 
@@ -67,10 +67,10 @@ def test_generated_tests_can_fail(compiled: Path, promtool: str, tmp_path: Path)
 
 
 def test_committed_example_output_is_fresh() -> None:
-    result = run_cli("compile", str(EXAMPLES.relative_to(EXAMPLES.parent)), "--out",
-                     str(GOLDEN.relative_to(EXAMPLES.parent)), "--check")
-    assert result.returncode == 0, (
-        f"{result.stderr}\nregenerate with: forge-slo compile slo_specs/ --out slo_specs/_gen")
+    result = run_cli("compile", "slo_specs", "--out", str(GOLDEN.relative_to(REPO)),
+                     "--grafana-out", "dashboards/grafana", "--check")
+    assert result.returncode == 0, (f"{result.stderr}\nregenerate with: forge-slo compile slo_specs/ "
+                                    "--out slo_specs/_gen --grafana-out dashboards/grafana")
 
 
 def test_check_reports_stale_output(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_check_reports_stale_output(tmp_path: Path) -> None:
     write(tmp_path, GOOD.replace("objective: 99.9", "objective: 99.95"))
     result = run_cli("compile", str(spec), "--out", str(out), "--check")
     assert result.returncode == 1
-    assert "prometheus/chat.rules.yaml: out of date" in result.stderr
+    assert f"{out}/prometheus/chat.rules.yaml: out of date" in result.stderr
 
 
 def test_compiling_twice_gives_identical_bytes() -> None:

@@ -10,7 +10,7 @@ from forge_slo.compile import promtool_tests, rules, yamlout
 from forge_slo.spec.model import ServiceSpec
 
 FORMATS = ("prometheus", "prometheus-operator")
-OWNED_DIRS = ("prometheus", "promtool-tests")
+OWNED_DIRS = ("prometheus", "promtool-tests", "grafana")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ def operator_document(spec: ServiceSpec) -> dict[str, object]:
     }
 
 
-def compile_specs(specs: Sequence[ServiceSpec], fmt: str = "prometheus") -> CompileResult:
+def compile_specs(specs: Sequence[ServiceSpec], fmt: str = "prometheus", dashboards: bool = True) -> CompileResult:
+    """Rules and promtool tests per service, and (unless ``dashboards`` is false) the Grafana dashboards."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     result = CompileResult()
@@ -61,6 +62,10 @@ def compile_specs(specs: Sequence[ServiceSpec], fmt: str = "prometheus") -> Comp
                                              yamlout.dump(doc, header(spec))))
         else:
             result.artifacts.append(Artifact(rules_path, yamlout.dump(operator_document(spec), header(spec))))
+    if dashboards:
+        from forge_slo.compile.dashboards import dashboard_artifacts
+
+        result.artifacts.extend(dashboard_artifacts(specs))
     if fmt == "prometheus-operator":
         result.warnings.append("promtool tests are not written for --format prometheus-operator: promtool reads "
                                "plain rule files; compile with --format prometheus to run them")

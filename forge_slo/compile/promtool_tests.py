@@ -15,7 +15,14 @@ from typing import Any
 
 from forge_slo import conventions as cv
 from forge_slo import promql
-from forge_slo.compile.rules import absent_alert, absent_labels, alert_labels, burn_alert_name, burn_annotations, slo_labels
+from forge_slo.compile.rules import (
+    absent_alert,
+    absent_labels,
+    alert_labels,
+    burn_alert_name,
+    burn_annotations,
+    slo_labels,
+)
 from forge_slo.durations import format_duration
 from forge_slo.errors import ForgeError
 from forge_slo.spec.model import SLO, AlertPolicy, AvailabilitySLI, BurnWindow, LatencySLI, ServiceSpec

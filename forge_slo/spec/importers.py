@@ -17,7 +17,16 @@ from forge_slo.spec.loader import (
     parse_labels,
     parse_name,
 )
-from forge_slo.spec.model import PAGE, SLO, TICKET, AlertPolicy, RatioSLI, ServiceSpec, default_windows, frozen_map
+from forge_slo.spec.model import (
+    PAGE,
+    SLO,
+    TICKET,
+    AlertPolicy,
+    RatioSLI,
+    ServiceSpec,
+    default_windows,
+    frozen_map,
+)
 from forge_slo.spec.presets import CUSTOM
 from forge_slo.spec.yamlnode import Node
 

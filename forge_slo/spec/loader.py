@@ -112,7 +112,8 @@ def document_format(doc: Node) -> str:
             return "sloth"
         items["version"].fail(f"unsupported version {version!r}; Sloth specs use \"prometheus/v1\"")
     if "apiVersion" not in items:
-        doc.fail(f"missing apiVersion (expected {API_VERSION!r}, \"openslo/v1\", or a Sloth \"version: prometheus/v1\")")
+        doc.fail(f"missing apiVersion (expected {API_VERSION!r}, \"openslo/v1\", "
+                 "or a Sloth \"version: prometheus/v1\")")
     api = items["apiVersion"].value
     if api == API_VERSION:
         return "forge-slo"

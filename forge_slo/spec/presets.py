@@ -155,7 +155,9 @@ SGLANG = Preset(
     availability=Availability(
         errors=(CounterTerm("sglang:num_aborted_requests_total"),),
         total=(CounterTerm("sglang:num_requests_total"),),
-        description="aborted requests (sglang:num_aborted_requests_total) over all requests (sglang:num_requests_total)",
+        description=(
+            "aborted requests (sglang:num_aborted_requests_total) over all requests (sglang:num_requests_total)"
+        ),
         examples=(
             ExampleSeries("sglang:num_requests_total", (), "total"),
             ExampleSeries("sglang:num_aborted_requests_total", (), "bad"),
@@ -163,8 +165,18 @@ SGLANG = Preset(
     ),
 )
 
-# TGI's router (text-generation-inference router/src/server.rs) gives every histogram whose name ends in "duration" 35 buckets, 0.0001 * 1.5^k for k = 1..35.
-_TGI_DURATION_BUCKETS: tuple[float, ...] = tuple(0.0001 * 1.5**k for k in range(1, 36))
+# TGI's router (text-generation-inference router/src/server.rs) gives every histogram whose name ends in
+# "duration" 35 buckets, 0.0001 * 1.5^k for k = 1..35 (multiplied before the first one is pushed).
+def _tgi_duration_buckets() -> tuple[float, ...]:
+    # Repeated multiplication, as the router does, so every bound is the same float its `le` label prints.
+    bounds, value = [], 0.0001
+    for _ in range(35):
+        value *= 1.5
+        bounds.append(value)
+    return tuple(bounds)
+
+
+_TGI_DURATION_BUCKETS = _tgi_duration_buckets()
 
 TGI = Preset(
     name="tgi",

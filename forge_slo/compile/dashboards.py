@@ -1,0 +1,760 @@
+"""Grafana dashboards for SLO specs: one per service and an overview of every SLO.
+
+The dashboards are described here with the project's own small frozen dataclasses, built by pure functions
+from a :class:`ServiceSpec`. :mod:`forge_slo.compile.grafana_sdk` turns them into Grafana's JSON; it is the
+only module that knows the Grafana SDK. Every recorded series a panel reads is named by
+:mod:`forge_slo.conventions`, and every query is built with :mod:`forge_slo.promql`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from forge_slo import conventions as cv
+from forge_slo import promql
+from forge_slo.durations import format_duration
+from forge_slo.spec.model import PAGE, SLO, LatencySLI, ServiceSpec
+
+if TYPE_CHECKING:
+    from forge_slo.compile.pipeline import Artifact
+
+GRID_WIDTH = 24
+DATASOURCE_VAR = "datasource"
+DATASOURCE_TYPE = "prometheus"
+TAG = "forge-slo"
+OVERVIEW_UID = "forge-slo-overview"
+RATE_INTERVAL = "$__rate_interval"
+# Label the overview adds to its rows so each row links to its service dashboard.
+DASHBOARD_LINK_LABEL = "dashboard"
+
+RED, ORANGE, GREEN = "red", "orange", "green"
+
+
+# The project's description of a dashboard -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridPos:
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """One PromQL query of a panel. ``instant`` ones read the latest value; ``table`` ones return labels."""
+
+    expr: str
+    legend: str = ""
+    ref_id: str = "A"
+    instant: bool = False
+    table: bool = False
+
+
+@dataclass(frozen=True)
+class Step:
+    """A threshold step: values from ``value`` up take ``color`` (``None`` is the base step)."""
+
+    value: float | None
+    color: str
+
+
+@dataclass(frozen=True)
+class SeriesStyle:
+    """Draw the series whose legend is ``name`` in a fixed colour, dashed if asked."""
+
+    name: str
+    color: str
+    dashed: bool = False
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: ``field`` as Grafana names it (a label, or ``Value #<ref_id>``), shown as ``title``."""
+
+    field: str
+    title: str
+    steps: tuple[Step, ...] = ()  # colour the cell background by these thresholds
+
+
+@dataclass(frozen=True)
+class Link:
+    title: str
+    url: str
+    tooltip: str = ""
+
+
+PanelKind = Literal["timeseries", "stat", "table"]
+ThresholdStyle = Literal["off", "line", "dashed", "line+area", "dashed+area"]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A visualisation. Every panel has a unit, a description and at least one query."""
+
+    id: int
+    kind: PanelKind
+    title: str
+    description: str
+    unit: str
+    targets: tuple[Target, ...]
+    grid: GridPos
+    steps: tuple[Step, ...] = ()
+    threshold_style: ThresholdStyle = "off"
+    min: float | None = None
+    max: float | None = None
+    time_from: str | None = None  # a relative range of its own, e.g. the SLO period
+    series: tuple[SeriesStyle, ...] = ()
+    columns: tuple[Column, ...] = ()  # tables only
+    data_links: tuple[Link, ...] = ()
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    title: str
+    y: int
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A template variable: the Prometheus data source, or a label's values (``query``: label_values)."""
+
+    name: str
+    label: str
+    kind: Literal["datasource", "query"]
+    query: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    description: str
+    tags: tuple[str, ...]
+    variables: tuple[Variable, ...]
+    panels: tuple[Panel | Row, ...]
+    links: tuple[Link, ...] = ()
+    time_from: str = "now-6h"
+    refresh: str = "1m"
+
+
+# Server metrics behind the traffic, errors and saturation panels -------------------------------------------
+# Kept here until they move into forge_slo/spec/presets.py; a preset missing here gets no such panels.
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """A counter of requests broken down by one label (status, finish reason, error kind)."""
+
+    metric: str
+    label: str
+    title: str
+    lacks: frozenset[str] = frozenset()  # labels the counter does not carry (vLLM's HTTP counter: model_name)
+
+
+@dataclass(frozen=True)
+class ServerMetrics:
+    prompt_tokens: str | None = None  # counters
+    generation_tokens: str | None = None
+    breakdowns: tuple[Breakdown, ...] = ()
+    running: str | None = None  # gauges
+    waiting: str | None = None
+    kv_cache_usage: str | None = None  # gauge, 0..1
+
+
+SERVER_METRICS: Mapping[str, ServerMetrics] = {
+    "vllm": ServerMetrics(
+        prompt_tokens="vllm:prompt_tokens_total",
+        generation_tokens="vllm:generation_tokens_total",
+        breakdowns=(
+            Breakdown("http_requests_total", "status", "HTTP responses by status",
+                      lacks=frozenset({"model_name"})),
+            Breakdown("vllm:request_success_total", "finished_reason", "Finished requests by reason"),
+        ),
+        running="vllm:num_requests_running",
+        waiting="vllm:num_requests_waiting",
+        kv_cache_usage="vllm:kv_cache_usage_perc",
+    ),
+    "sglang": ServerMetrics(
+        prompt_tokens="sglang:prompt_tokens_total",
+        generation_tokens="sglang:generation_tokens_total",
+        running="sglang:num_running_reqs",
+        waiting="sglang:num_queue_reqs",
+        kv_cache_usage="sglang:token_usage",
+    ),
+    "tgi": ServerMetrics(
+        breakdowns=(Breakdown("tgi_request_failure", "err", "Failed requests by error kind"),),
+        running="tgi_batch_current_size",
+        waiting="tgi_queue_size",
+    ),
+    "triton": ServerMetrics(
+        breakdowns=(Breakdown("nv_inference_request_failure", "reason", "Failed requests by reason"),),
+        waiting="nv_inference_pending_request_count",
+    ),
+}
+
+
+# Gauges whose names end like counters (Triton's pending-request count ends in _count).
+SERVER_GAUGES: frozenset[str] = frozenset(
+    m for s in SERVER_METRICS.values() for m in (s.running, s.waiting, s.kv_cache_usage) if m
+)
+
+
+# Ids and names --------------------------------------------------------------------------------------------
+
+
+def dashboard_uid(service: str) -> str:
+    """A stable uid for a service's dashboard (Grafana allows at most 40 characters)."""
+    return "forge-slo-" + hashlib.sha1(service.encode("utf-8"), usedforsecurity=False).hexdigest()[:12]
+
+
+def dashboard_url(uid: str) -> str:
+    return f"/d/{uid}"
+
+
+def _variable_ref(name: str) -> str:
+    return f"${name}"
+
+
+def _group_legend(spec: ServiceSpec, prefix: str = "") -> str:
+    parts = [f"{label}={{{{{label}}}}}" for label in spec.group_by]
+    return " ".join(p for p in [prefix, *parts] if p) or prefix
+
+
+def _variable_matchers(spec: ServiceSpec, lacks: Iterable[str] = (), allow_missing: bool = False,
+                       ) -> list[str]:
+    """``model_name=~"$model_name"`` for every group_by label the series carries.
+
+    ``allow_missing`` also matches series without the label (the absent-metrics alert has no group labels).
+    """
+    skip = set(lacks)
+    suffix = "|" if allow_missing else ""
+    return [promql.regex_matcher(label, _variable_ref(label) + suffix)
+            for label in spec.group_by if label not in skip]
+
+
+def _recorded(spec: ServiceSpec, slo: SLO | None, name: str, grouped: bool = True) -> str:
+    """A recorded series of one SLO (or of the whole service), narrowed to the selected groups.
+
+    A ratio SLI's recordings carry only the labels its queries keep, so a series without a group label is
+    kept whatever is selected rather than hidden.
+    """
+    matchers = {cv.SERVICE_LABEL: spec.service}
+    if slo is not None:
+        matchers[cv.SLO_LABEL] = slo.name
+    return promql.selector(name, matchers, _variable_matchers(spec, allow_missing=True) if grouped else ())
+
+
+def _raw(spec: ServiceSpec, metric: str, lacks: Iterable[str] = (), extra: Iterable[str] = ()) -> str:
+    """A server metric with the spec's selector and the selected groups."""
+    return promql.selector(metric, spec.selector, [*extra, *_variable_matchers(spec, lacks)])
+
+
+def _rate(selector_text: str) -> str:
+    return promql.rate(selector_text, RATE_INTERVAL)
+
+
+def _percent(value: float) -> str:
+    return f"{promql.number(value * 100)}%"
+
+
+# Service dashboard ----------------------------------------------------------------------------------------
+
+_H = 8  # panel height
+
+
+def _panel(kind: PanelKind, title: str, description: str, unit: str, targets: Sequence[Target], width: int,
+           **extra: Any) -> Panel:
+    """A panel not yet placed: id and position are assigned by :func:`_layout`."""
+    refs = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    numbered = tuple(dataclasses.replace(t, ref_id=refs[i]) for i, t in enumerate(targets))
+    return Panel(id=0, kind=kind, title=title, description=description, unit=unit, targets=numbered,
+                 grid=GridPos(0, 0, width, _H), **extra)
+
+
+def _layout(sections: Sequence[tuple[str, Sequence[Panel]]]) -> tuple[Panel | Row, ...]:
+    """Rows with their panels packed left to right, ids counted from 1 in order, positions explicit."""
+    out: list[Panel | Row] = []
+    next_id = 1
+    y = 0
+    for title, panels in sections:
+        out.append(Row(id=next_id, title=title, y=y))
+        next_id += 1
+        y += 1
+        x = 0
+        line_height = 0
+        for panel in panels:
+            if x + panel.grid.w > GRID_WIDTH:
+                x, y, line_height = 0, y + line_height, 0
+            out.append(dataclasses.replace(panel, id=next_id, grid=GridPos(x, y, panel.grid.w, panel.grid.h)))
+            next_id += 1
+            x += panel.grid.w
+            line_height = max(line_height, panel.grid.h)
+        y += line_height
+    return tuple(out)
+
+
+def _slo_title(spec: ServiceSpec, slo: SLO) -> str:
+    what = slo.sli.kind
+    if isinstance(slo.sli, LatencySLI):
+        what = f"{slo.sli.alias} under {promql.number(slo.sli.threshold_seconds)}s"
+    return (f"SLO {slo.name}: {promql.number(slo.objective_percent)}% {what} over "
+            f"{format_duration(spec.period_seconds)}")
+
+
+def _burn_steps(spec: ServiceSpec) -> tuple[Step, ...]:
+    """Threshold steps at every alert factor: red where a page fires, orange where only a ticket does."""
+    colours: dict[float, str] = {}
+    for policy in spec.policies:
+        for window in policy.windows:
+            if policy.severity == PAGE or colours.get(window.factor) != RED:
+                colours[window.factor] = RED if policy.severity == PAGE else ORANGE
+    return (Step(None, GREEN), *(Step(f, colours[f]) for f in sorted(colours)))
+
+
+def _factors_text(spec: ServiceSpec) -> str:
+    parts = []
+    for policy in spec.policies:
+        for w in policy.windows:
+            parts.append(f"{policy.severity} {promql.number(w.factor)}x over "
+                         f"{format_duration(w.long_seconds)} and {format_duration(w.short_seconds)}")
+    return "; ".join(parts) if parts else "no alert windows are enabled"
+
+
+def slo_panels(spec: ServiceSpec, slo: SLO) -> list[Panel]:
+    """The panels of one SLO's row (not yet placed)."""
+    base = spec.base_window_seconds
+    base_w = format_duration(base)
+    period = format_duration(spec.period_seconds)
+    objective = _percent(slo.objective_ratio)
+    budget = promql.number(slo.error_budget_ratio)
+    group_legend = _group_legend(spec, "SLI") or "SLI"
+    panels = [
+        _panel(
+            "timeseries", f"{slo.name}: SLI against objective",
+            f"Share of good events of {slo.name} over the last {base_w} (1 - {cv.error_ratio(base)}), with "
+            "the "
+            f"{objective} objective as a dashed line ({cv.OBJECTIVE}). When the SLI is under the line the "
+            "error "
+            "budget is being spent faster than allowed: check the burn-rate panel and the errors and "
+            "saturation "
+            "rows to find what changed.",
+            "percentunit",
+            [Target(f"1 - {_recorded(spec, slo, cv.error_ratio(base))}", group_legend),
+             Target(_recorded(spec, slo, cv.OBJECTIVE, grouped=False), "objective")],
+            12,
+            series=(SeriesStyle("objective", RED, dashed=True),),
+        ),
+        _panel(
+            "stat", f"{slo.name}: error budget remaining",
+            f"Share of the {period} error budget still unspent ({cv.ERROR_BUDGET_REMAINING}); the budget is "
+            f"{_percent(slo.error_budget_ratio)} of events. Red: the budget is gone - freeze risky changes "
+            "and put "
+            "reliability work first. Orange: under a quarter left - be careful with deploys.",
+            "percentunit",
+            [Target(_recorded(spec, slo, cv.ERROR_BUDGET_REMAINING), _group_legend(spec) or "remaining",
+                    instant=True)],
+            6,
+            steps=(Step(None, RED), Step(0.0, ORANGE), Step(0.25, GREEN)),
+        ),
+        _panel(
+            "stat", f"{slo.name}: alerts firing",
+            f"Burn-rate and missing-data alerts of {slo.name} firing now "
+            f"(ALERTS{{alertstate=\"firing\"}}), by "
+            "severity. Red: an alert fires - follow its action annotation: find which group burns and "
+            "whether "
+            "errors, latency or traffic changed; roll back a change that lines up; add capacity if "
+            "saturated.",
+            "none",
+            [Target(_alerts(spec, slo, severity) + " or vector(0)", severity, instant=True)
+             for severity in ("page", "ticket")],
+            6,
+            steps=(Step(None, GREEN), Step(1.0, RED)),
+        ),
+        _panel(
+            "timeseries", f"{slo.name}: burn rate per alert window",
+            f"How many times faster than allowed the error budget burns, over each alert window "
+            f"({cv.error_ratio(base)} and the other windows, divided by the {budget} budget). Dashed lines "
+            "are the "
+            f"alert factors ({_factors_text(spec)}); red lines page, orange ones open a ticket. A burn "
+            "rate of 1 "
+            "spends exactly the budget over the period. Above a line in both of its windows the alert fires: "
+            "find the cause in the errors, latency and saturation panels.",
+            "suffix:x",
+            [Target(f"{_recorded(spec, slo, cv.error_ratio(w))} / {budget}",
+                    _group_legend(spec, format_duration(w)))
+             for w in spec.windows_seconds() or [base]],
+            12,
+            steps=_burn_steps(spec), threshold_style="dashed", min=0.0,
+        ),
+        _panel(
+            "timeseries", f"{slo.name}: error budget burn-down over {period}",
+            f"Error budget remaining ({cv.ERROR_BUDGET_REMAINING}) over the {period} SLO period, so the "
+            "slope "
+            "shows how fast it is spent. Under the red line at 0 the SLO is breached for the period: stop "
+            "risky "
+            "changes until the budget recovers. Needs Prometheus to keep the period's data.",
+            "percentunit",
+            [Target(_recorded(spec, slo, cv.ERROR_BUDGET_REMAINING), _group_legend(spec) or "remaining")],
+            12,
+            steps=(Step(None, RED), Step(0.0, GREEN)), threshold_style="dashed", time_from=period,
+        ),
+    ]
+    if isinstance(slo.sli, LatencySLI):
+        panels.extend(_latency_panels(spec, slo, slo.sli))
+    return panels
+
+
+def _alerts(spec: ServiceSpec, slo: SLO, severity: str) -> str:
+    matchers = {"alertstate": "firing", cv.SERVICE_LABEL: spec.service, cv.SLO_LABEL: slo.name,
+                cv.SEVERITY_LABEL: severity}
+    return f"count({promql.selector('ALERTS', matchers, _variable_matchers(spec, allow_missing=True))})"
+
+
+def _latency_panels(spec: ServiceSpec, slo: SLO, sli: LatencySLI) -> list[Panel]:
+    hist = sli.histogram
+    buckets = _rate(_raw(spec, f"{hist.metric}_bucket"))
+    by_le = ["le", *spec.group_by]
+    scale = "" if hist.unit_seconds == 1 else f" * {promql.number(hist.unit_seconds)}"
+    threshold = promql.number(sli.threshold_seconds)
+    quantiles = [
+        Target(f"histogram_quantile({q}, {promql.sum_by(by_le, buckets)}){scale}",
+               _group_legend(spec, f"p{round(q * 100)}"))
+        for q in (0.5, 0.9, 0.99)
+    ]
+    good = _rate(_raw(spec, f"{hist.metric}_bucket", extra=[promql.le_matcher(sli.bucket_bound)]))
+    total = _rate(_raw(spec, f"{hist.metric}_count"))
+    share = f"{promql.sum_by(spec.group_by, good)} / {promql.sum_by(spec.group_by, total)}"
+    return [
+        _panel(
+            "timeseries", f"{slo.name}: {sli.alias} percentiles",
+            f"p50, p90 and p99 of {hist.metric} (histogram_quantile over its buckets), with the SLO "
+            "threshold of "
+            f"{threshold}s as a dashed red line. Interpolated within buckets, so only a guide. When p99 "
+            "crosses "
+            "the line, look at queueing and KV-cache saturation and at the traffic mix (long prompts).",
+            "s",
+            quantiles,
+            12,
+            steps=(Step(None, GREEN), Step(sli.threshold_seconds, RED)), threshold_style="dashed", min=0.0,
+        ),
+        _panel(
+            "timeseries", f"{slo.name}: share of events under {threshold}s",
+            f"Share of {hist.metric} observations at or under the {threshold}s threshold (the SLI counted "
+            f"exactly from the bucket le={promql.number(sli.bucket_bound)}). Under the dashed "
+            f"{_percent(slo.objective_ratio)} "
+            "objective line the budget burns: check saturation and recent changes.",
+            "percentunit",
+            [Target(share, _group_legend(spec, "under threshold"))],
+            12,
+            steps=(Step(None, RED), Step(slo.objective_ratio, GREEN)), threshold_style="dashed",
+        ),
+    ]
+
+
+def traffic_panels(spec: ServiceSpec) -> list[Panel]:
+    base = spec.base_window_seconds
+    by = [cv.SLO_LABEL, *spec.group_by]
+    panels = [
+        _panel(
+            "timeseries", "Events per second by SLO",
+            f"Events each SLO's SLI counts per second ({cv.request_rate(base)}): requests, or token gaps for "
+            "per-token latency SLOs. A sudden drop to zero means the server stopped or its metrics are no "
+            "longer "
+            "scraped; a spike explains a rise in latency or errors - shed load or add capacity.",
+            "reqps",
+            [Target(promql.sum_by(by, _recorded(spec, None, cv.request_rate(base))),
+                    f"{{{{{cv.SLO_LABEL}}}}} " + _group_legend(spec))],
+            12,
+        )
+    ]
+    server = SERVER_METRICS.get(spec.preset.name)
+    if server is not None and server.prompt_tokens and server.generation_tokens:
+        panels.append(_panel(
+            "timeseries", "Tokens per second",
+            f"Prompt tokens read ({server.prompt_tokens}) and tokens generated "
+            f"({server.generation_tokens}) per "
+            "second. Long prompts raise time to first token; if latency SLOs are red while tokens/s is at "
+            "its "
+            "usual peak, the service needs more capacity.",
+            "suffix: tok/s",
+            [Target(promql.sum_by(spec.group_by, _rate(_raw(spec, server.prompt_tokens))),
+                    _group_legend(spec, "prompt")),
+             Target(promql.sum_by(spec.group_by, _rate(_raw(spec, server.generation_tokens))),
+                    _group_legend(spec, "generation"))],
+            12,
+        ))
+    return panels
+
+
+def error_panels(spec: ServiceSpec) -> list[Panel]:
+    base = spec.base_window_seconds
+    by = [cv.SLO_LABEL, *spec.group_by]
+    panels = [
+        _panel(
+            "timeseries", "Failed events per second by SLO",
+            f"Events each SLO's SLI counts as bad, per second ({cv.error_rate(base)}). When it rises, the "
+            "breakdowns next to it show whether the server fails, aborts or answers too slowly; roll back a "
+            "change that lines up.",
+            "reqps",
+            [Target(promql.sum_by(by, _recorded(spec, None, cv.error_rate(base))),
+                    f"{{{{{cv.SLO_LABEL}}}}} " + _group_legend(spec))],
+            12,
+        )
+    ]
+    server = SERVER_METRICS.get(spec.preset.name)
+    for breakdown in server.breakdowns if server is not None else ():
+        labels = [breakdown.label, *(g for g in spec.group_by if g not in breakdown.lacks)]
+        panels.append(_panel(
+            "timeseries", breakdown.title,
+            f"{breakdown.metric} per second by {breakdown.label}. Red flags: 5xx, error or abort values "
+            "growing - "
+            "check the server logs and recent deploys; many aborts can also mean clients time out on slow "
+            "answers.",
+            "reqps",
+            [Target(promql.sum_by(labels, _rate(_raw(spec, breakdown.metric, breakdown.lacks))),
+                    " ".join(f"{label}={{{{{label}}}}}" for label in labels))],
+            12,
+        ))
+    return panels
+
+
+def saturation_panels(spec: ServiceSpec) -> list[Panel]:
+    server = SERVER_METRICS.get(spec.preset.name)
+    if server is None:
+        return []
+    panels = []
+    pairs = (("running", server.running), ("waiting", server.waiting))
+    queue = [(name, metric) for name, metric in pairs if metric]
+    if queue:
+        panels.append(_panel(
+            "timeseries", "Requests running and waiting",
+            "Requests being processed (" + ", ".join(m for n, m in queue) + ") summed over replicas. A "
+            "waiting "
+            "queue that keeps growing means the server is saturated: time to first token rises next - add "
+            "replicas or shed load.",
+            "short",
+            [Target(promql.sum_by(spec.group_by, _raw(spec, metric)), _group_legend(spec, name))
+             for name, metric in queue],
+            12, min=0.0,
+        ))
+    if server.kv_cache_usage:
+        panels.append(_panel(
+            "timeseries", "KV-cache usage",
+            f"Share of the KV cache in use ({server.kv_cache_usage}), the fullest replica. Near 100% the "
+            "server "
+            "preempts or queues requests and latency climbs: add replicas, lower max concurrency or shorten "
+            "contexts.",
+            "percentunit",
+            [Target(_max_by(spec.group_by, _raw(spec, server.kv_cache_usage)), _group_legend(spec, "max"))],
+            12,
+            steps=(Step(None, GREEN), Step(0.9, ORANGE), Step(0.98, RED)), threshold_style="dashed",
+            min=0.0, max=1.0,
+        ))
+    return panels
+
+
+def _max_by(labels: Sequence[str], expr: str) -> str:
+    return f"max {promql.by_clause(labels)} ({expr})" if labels else f"max({expr})"
+
+
+def _variables(spec: ServiceSpec) -> tuple[Variable, ...]:
+    ds = Variable(DATASOURCE_VAR, "Data source", "datasource", DATASOURCE_TYPE,
+                  "Prometheus that evaluates the forge-slo rules of this service")
+    source = promql.selector(cv.request_rate(spec.base_window_seconds), {cv.SERVICE_LABEL: spec.service})
+    groups = tuple(
+        Variable(label, label, "query", f"label_values({source}, {label})",
+                 f"Values of {label} seen by the SLIs of {spec.service}")
+        for label in spec.group_by
+    )
+    return (ds, *groups)
+
+
+def service_dashboard(spec: ServiceSpec) -> Dashboard:
+    """One service: a row per SLO, then traffic, errors and saturation."""
+    sections: list[tuple[str, Sequence[Panel]]] = [
+        (_slo_title(spec, slo), slo_panels(spec, slo)) for slo in spec.slos]
+    sections.append(("Traffic", traffic_panels(spec)))
+    sections.append(("Errors", error_panels(spec)))
+    saturation = saturation_panels(spec)
+    if saturation:
+        sections.append(("Saturation", saturation))
+    description = spec.description or f"SLOs of {spec.service} ({spec.preset.title})"
+    return Dashboard(
+        uid=dashboard_uid(spec.service),
+        title=f"forge-slo / {spec.service}",
+        description=(f"{description.rstrip('.')}. Generated by forge-slo; do not edit, change the spec and "
+                     "compile again."),
+        tags=(TAG, f"service:{spec.service}"),
+        variables=_variables(spec),
+        panels=_layout(sections),
+        links=(Link("SLO overview", dashboard_url(OVERVIEW_UID), "Every SLO of every service"),),
+    )
+
+
+# Overview -------------------------------------------------------------------------------------------------
+
+
+def overview_dashboard(specs: Sequence[ServiceSpec]) -> Dashboard:
+    """Every SLO of every service in one table, each row linking to its service dashboard."""
+    services = sorted(s.service for s in specs)
+    match = [promql.regex_matcher(cv.SERVICE_LABEL, promql.any_of_regex(services))] if services else []
+    by = [cv.SERVICE_LABEL, cv.SLO_LABEL]
+
+    def series(name: str) -> str:
+        return promql.selector(name, extra=match)
+
+    def with_link(expr: str) -> str:
+        for service in services:
+            expr = (f"label_replace({expr}, {promql.quote(DASHBOARD_LINK_LABEL)}, "
+                    f"{promql.quote(dashboard_url(dashboard_uid(service)))}, "
+                    f"{promql.quote(cv.SERVICE_LABEL)}, "
+                    f"{promql.quote(re.escape(service))})")
+        return expr
+
+    alerts = promql.selector("ALERTS", {"alertstate": "firing"}, match)
+    queries = [
+        (f"100 * max {promql.by_clause(by)} ({series(cv.OBJECTIVE)})", "Objective (%)", ()),
+        (f"100 * (1 - max {promql.by_clause(by)} ({series(cv.PERIOD_ERROR_RATIO)}))",
+         "SLI over period (%)", ()),
+        (f"100 * min {promql.by_clause(by)} ({series(cv.ERROR_BUDGET_REMAINING)})", "Budget remaining (%)",
+         (Step(None, RED), Step(0.0, ORANGE), Step(25.0, GREEN))),
+        (f"max {promql.by_clause(by)} ({series(cv.PERIOD_BURN_RATE)})", "Period burn rate (x)",
+         (Step(None, GREEN), Step(0.75, ORANGE), Step(1.0, RED))),
+        (f"count {promql.by_clause(by)} ({alerts})"
+         f" or 0 * group {promql.by_clause(by)} ({series(cv.OBJECTIVE)})",
+         "Alerts firing", (Step(None, GREEN), Step(1.0, RED))),
+    ]
+    refs = "ABCDE"
+    targets = tuple(Target(with_link(expr), ref_id=refs[i], instant=True, table=True)
+                    for i, (expr, _, _) in enumerate(queries))
+    columns = (
+        Column(cv.SERVICE_LABEL, "Service"),
+        Column(cv.SLO_LABEL, "SLO"),
+        *(Column(f"Value #{refs[i]}", title, steps) for i, (_, title, steps) in enumerate(queries)),
+        Column(DASHBOARD_LINK_LABEL, "Dashboard"),
+    )
+    slo_count = sum(len(s.slos) for s in specs)
+    table = Panel(
+        id=1, kind="table", title="SLOs of every service",
+        description=(
+            "One row per SLO: its objective, the SLI over the SLO period so far, the error budget "
+            "remaining, the "
+            "period burn rate (1 spends exactly the budget) and the alerts firing. With group_by the worst "
+            "group "
+            "is shown. Red budget or burn rate: the SLO is breached for the period - open the service "
+            "dashboard "
+            "(click the row) and find what burns; red alerts: follow the alert's action. Values are "
+            "percentages "
+            "except the burn rate and the alert count."),
+        unit="none",
+        targets=targets,
+        grid=GridPos(0, 0, GRID_WIDTH, max(8, 4 + slo_count)),
+        columns=columns,
+        data_links=(Link("Open the service dashboard",
+                         f"${{__data.fields.{DASHBOARD_LINK_LABEL}}}?${{__url_time_range}}&${{{DATASOURCE_VAR}:queryparam}}"),),
+    )
+    return Dashboard(
+        uid=OVERVIEW_UID,
+        title="forge-slo / SLO overview",
+        description="Every SLO of every service compiled by forge-slo. Generated; do not edit.",
+        tags=(TAG,),
+        variables=(Variable(DATASOURCE_VAR, "Data source", "datasource", DATASOURCE_TYPE,
+                            "Prometheus that evaluates the forge-slo rules"),),
+        panels=(table,),
+        links=tuple(Link(s, dashboard_url(dashboard_uid(s)), f"SLO dashboard of {s}") for s in services),
+    )
+
+
+# Artifacts and queries ------------------------------------------------------------------------------------
+
+
+def dashboard_json(dashboard: Dashboard) -> dict[str, Any]:
+    """Grafana's JSON model of a dashboard."""
+    from forge_slo.compile import grafana_sdk
+
+    return grafana_sdk.to_json(dashboard)
+
+
+def serialise(document: Mapping[str, Any]) -> str:
+    """Sorted-key JSON, indented down to the panel fields and compact below, one value per line there.
+
+    ``json.dumps(indent=2)`` runs in pure Python and cost more than building the dashboards; below the
+    fourth level the C encoder writes each value on one line, which still diffs well.
+    """
+    return _pretty(document, 0) + "\n"
+
+
+_COMPACT = json.JSONEncoder(sort_keys=True, separators=(", ", ": "))
+
+
+def _pretty(value: Any, depth: int) -> str:
+    if depth >= 4 or not isinstance(value, dict | list) or not value:
+        return _COMPACT.encode(value)
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(k)}: {_pretty(value[k], depth + 1)}" for k in sorted(value)]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    return "[\n" + ",\n".join(f"{inner}{_pretty(v, depth + 1)}" for v in value) + f"\n{pad}]"
+
+
+def dashboard_artifacts(specs: Sequence[ServiceSpec]) -> list[Artifact]:
+    """``grafana/<service>.json`` for every service and ``grafana/overview.json``."""
+    from forge_slo.compile.pipeline import Artifact
+
+    ordered = sorted(specs, key=lambda s: s.service)
+    artifacts = [Artifact(f"grafana/{spec.service}.json", serialise(dashboard_json(service_dashboard(spec))))
+                 for spec in ordered]
+    overview = serialise(dashboard_json(overview_dashboard(ordered)))
+    artifacts.append(Artifact("grafana/overview.json", overview))
+    return artifacts
+
+
+# Values Grafana puts in for its macros when a query runs; any real value parses the same way.
+MACRO_VALUES: Mapping[str, str] = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h"}
+VARIABLE_VALUE = ".*"
+_VARIABLE_RE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\$([A-Za-z0-9_]+)|\[\[([A-Za-z0-9_]+)\]\]")
+
+
+def substitute_macros(expr: str, variables: Iterable[str] = ()) -> str:
+    """``expr`` as Grafana sends it: macros replaced by durations, template variables by ``.*``."""
+    names = set(variables)
+
+    def replace(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name in MACRO_VALUES:
+            return MACRO_VALUES[name]
+        if name in names:
+            return VARIABLE_VALUE
+        return m.group(0)
+
+    return _VARIABLE_RE.sub(replace, expr)
+
+
+def panel_queries(dashboard_json: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(panel title, PromQL)`` for every query of every panel, with Grafana's macros substituted."""
+    variables = [v.get("name", "") for v in dashboard_json.get("templating", {}).get("list", [])]
+    out: list[tuple[str, str]] = []
+    for panel in _all_panels(dashboard_json):
+        for target in panel.get("targets") or []:
+            expr = target.get("expr")
+            if isinstance(expr, str) and expr:
+                out.append((str(panel.get("title", "")), substitute_macros(expr, variables)))
+    return out
+
+
+def _all_panels(dashboard_json: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    panels: list[Mapping[str, Any]] = []
+    for panel in dashboard_json.get("panels") or []:
+        panels.append(panel)
+        panels.extend(panel.get("panels") or [])  # panels inside collapsed rows
+    return panels

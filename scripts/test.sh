@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: installs everything the tests need, then runs lint, type checks and the whole suite.
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh -k sim     # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "== installing Debian's prometheus package (promtool and the server the end-to-end tests start)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+echo "== installing forge-slo with its test dependencies"
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff"
+python3 -m ruff check forge_slo tests benchmarks
+echo "== mypy (strict)"
+python3 -m mypy
+echo "== pytest"
+python3 -m pytest "$@"
