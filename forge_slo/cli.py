@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-token", metavar="TOKEN",
                    help="require 'Authorization: Bearer TOKEN' on /admin (also FORGE_SLO_SIM_ADMIN_TOKEN)")
     p.set_defaults(func=cmd_simulate)
+
+    from forge_slo.telemetry.command import DESCRIPTION as GPU_DESCRIPTION
+    from forge_slo.telemetry.command import build_parser as gpu_flags
+    from forge_slo.telemetry.command import main_from_args as gpu_exporter
+
+    p = sub.add_parser("gpu-exporter", help="serve GPU metrics in dcgm-exporter's names (NVML, or a fake fleet)",
+                       description=GPU_DESCRIPTION, epilog=EPILOG)
+    gpu_flags(p)
+    p.set_defaults(func=gpu_exporter)
     return parser
 
 
