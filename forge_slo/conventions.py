@@ -68,3 +68,17 @@ def camel(name: str) -> str:
     if not out or out[0].isdigit():
         out = "Slo" + out
     return out
+
+
+# GPU fleet alerts, compiled when a spec has a `gpu:` section (labels: the spec's plus dcgm-exporter's).
+GPU_XID_ALERT = "GpuXidCritical"
+GPU_UNHEALTHY_ALERT = "GpuUnhealthy"
+GPU_ECC_ALERT = "GpuEccDoubleBitErrors"
+GPU_THERMAL_ALERT = "GpuThermalThrottling"
+# Series exported by forge-slo's GPU exporter beyond dcgm-exporter's names.
+GPU_HEALTHY = "forge_gpu_healthy"
+# Fleet cost recordings, one series per service with a `gpu:` section.
+GPU_COUNT = f"{RULE_PREFIX}:gpus:count"
+GPU_COST_RATE = f"{RULE_PREFIX}:gpu_cost_dollars:rate"
+GOOD_TOKENS_RATE = f"{RULE_PREFIX}:good_tokens:rate"
+COST_PER_MILLION_GOOD_TOKENS = f"{RULE_PREFIX}:cost_per_million_good_tokens:dollars"
