@@ -9,7 +9,7 @@ import pytest
 
 from forge_slo.errors import SpecErrors
 from forge_slo.spec import LatencySLI, load_specs
-from forge_slo.spec.model import default_windows
+from forge_slo.spec.model import GaugeSLI, default_windows
 from tests.conftest import EXAMPLES, run_cli
 
 GOOD = textwrap.dedent("""\
@@ -200,3 +200,34 @@ def test_custom_preset_declares_its_histograms(tmp_path: Path) -> None:
     bad = write(tmp_path, text.replace("threshold: 0.05", "threshold: 0.02"))
     result = run_cli("validate", str(bad))
     assert result.returncode == 2 and "nearest valid bounds are 0.01 and 0.05" in result.stderr
+
+
+GPU = textwrap.dedent("""\
+    apiVersion: forge-slo/v1
+    kind: ServiceSLO
+    service: fleet
+    preset: custom
+    gpu: {selector: {cluster: research}, alerts: {unhealthy_for: 2m}}
+    slos:
+      - name: utilization
+        objective: 95
+        sli: {gauge: {metric: DCGM_FI_DEV_GPU_UTIL, good_when: ">=", threshold: 75}}
+    """)
+
+
+def test_gauge_sli_reads_the_gpu_pool(tmp_path: Path) -> None:
+    [spec] = load_specs([write(tmp_path, GPU)])
+    assert spec.gpu is not None and spec.gpu.unhealthy_for_seconds == 120
+    sli = spec.slos[0].sli
+    assert isinstance(sli, GaugeSLI) and dict(sli.selector) == {"cluster": "research"}
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('good_when: ">="', 'good_when: "=>"', "slos[0].sli.gauge.good_when: must be one of"),
+    ("alerts: {unhealthy_for: 2m}", "price_per_gpu_hour: 2", "preset 'custom' does not have"),
+    ("alerts: {unhealthy_for: 2m}", "price_per_gpu_hour: -1", "gpu.price_per_gpu_hour: must be a positive price"),
+    ("alerts: {unhealthy_for: 2m}", "critical_xids: [79, x]", "gpu.critical_xids[1]: must be a number"),
+])
+def test_bad_gpu_sections(tmp_path: Path, old: str, new: str, message: str) -> None:
+    result = run_cli("validate", str(write(tmp_path, GPU.replace(old, new))))
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -20,7 +20,11 @@ import pytest
 from prom_fixture import prometheus_available, start_prometheus
 from prometheus_client.parser import text_string_to_metric_families
 
+from forge_slo import conventions as cv
+from forge_slo.compile.pipeline import rules_document
+from forge_slo.compile.yamlout import dump
 from forge_slo.errors import SpecError
+from forge_slo.spec import load_specs
 from forge_slo.telemetry import ExporterOptions, GpuExporter, build_parser, start_exporter
 from forge_slo.telemetry.fake import REASON_HW_THERMAL, REASON_SW_THERMAL, FakeFleet
 from forge_slo.telemetry.fleet import Constant, Sine, Steps, fault_from_json, load_fleet, parse_fleet
@@ -585,8 +589,21 @@ def test_nvml_backend_maps_values_units_lost_gpus_and_xid_events() -> None:
 @pytest.mark.skipif(not prometheus_available(), reason="no prometheus binary")
 def test_real_prometheus_scrapes_the_xid_series(make_exporter: Callable[..., GpuExporter],
                                                 tmp_path: Path) -> None:
+    """XID 79 on one GPU shows in the XID series, the health gauge, and the GPU alerts compiled from a spec."""
+    spec = tmp_path / "fleet.yaml"
+    spec.write_text(textwrap.dedent("""\
+        apiVersion: forge-slo/v1
+        kind: ServiceSLO
+        service: fleet
+        gpu: {selector: {job: forge-slo-test}, alerts: {unhealthy_for: 0s}}
+        slos:
+          - {name: util, objective: 95, sli: {gauge: {metric: DCGM_FI_DEV_GPU_UTIL, good_when: ">=", threshold: 5}}}
+        """))
+    [loaded] = load_specs([spec])
+    rules = tmp_path / "fleet.rules.yaml"
+    rules.write_text(dump(rules_document(loaded)))
     exporter = make_exporter(interval_s=0.2)
-    prom = start_prometheus(tmp_path, [exporter.url.split("//", 1)[1]], interval="1s")
+    prom = start_prometheus(tmp_path, [exporter.url.split("//", 1)[1]], rule_files=[rules], interval="1s")
     try:
         before = prom.wait_for(f'{XID_METRIC}{{gpu="1",err_code="79"}}')
         assert float(before[0]["value"][1]) == 0  # the series exists before the first XID
@@ -596,5 +613,11 @@ def test_real_prometheus_scrapes_the_xid_series(make_exporter: Callable[..., Gpu
         assert [r["metric"]["gpu"] for r in result] == ["1"]
         assert result[0]["metric"]["hostname"] == "test-node"
         prom.wait_for(f'{HEALTH_METRIC}{{gpu="1"}} == 0')
+        for alert in (cv.GPU_XID_ALERT, cv.GPU_UNHEALTHY_ALERT):
+            firing = prom.wait_for(f'ALERTS{{alertname="{alert}",alertstate="firing"}}', timeout=20)
+            assert [a["metric"]["gpu"] for a in firing] == ["1"], alert  # only the faulty GPU
+            assert firing[0]["metric"]["forge_slo_severity"] == "page"
+        # The other GPUs keep being served.
+        assert sorted(r["metric"]["gpu"] for r in prom.query(f"{HEALTH_METRIC} == 1")) == ["0", "2"]
     finally:
         prom.stop()

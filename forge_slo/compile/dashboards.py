@@ -20,6 +20,7 @@ from forge_slo import conventions as cv
 from forge_slo import promql
 from forge_slo.durations import format_duration
 from forge_slo.spec.model import PAGE, SLO, LatencySLI, ServiceSpec
+from forge_slo.spec.presets import PRESETS
 
 if TYPE_CHECKING:
     from forge_slo.compile.pipeline import Artifact
@@ -151,61 +152,9 @@ class Dashboard:
 # Kept here until they move into forge_slo/spec/presets.py; a preset missing here gets no such panels.
 
 
-@dataclass(frozen=True)
-class Breakdown:
-    """A counter of requests broken down by one label (status, finish reason, error kind)."""
-
-    metric: str
-    label: str
-    title: str
-    lacks: frozenset[str] = frozenset()  # labels the counter does not carry (vLLM's HTTP counter: model_name)
-
-
-@dataclass(frozen=True)
-class ServerMetrics:
-    prompt_tokens: str | None = None  # counters
-    generation_tokens: str | None = None
-    breakdowns: tuple[Breakdown, ...] = ()
-    running: str | None = None  # gauges
-    waiting: str | None = None
-    kv_cache_usage: str | None = None  # gauge, 0..1
-
-
-SERVER_METRICS: Mapping[str, ServerMetrics] = {
-    "vllm": ServerMetrics(
-        prompt_tokens="vllm:prompt_tokens_total",
-        generation_tokens="vllm:generation_tokens_total",
-        breakdowns=(
-            Breakdown("http_requests_total", "status", "HTTP responses by status",
-                      lacks=frozenset({"model_name"})),
-            Breakdown("vllm:request_success_total", "finished_reason", "Finished requests by reason"),
-        ),
-        running="vllm:num_requests_running",
-        waiting="vllm:num_requests_waiting",
-        kv_cache_usage="vllm:kv_cache_usage_perc",
-    ),
-    "sglang": ServerMetrics(
-        prompt_tokens="sglang:prompt_tokens_total",
-        generation_tokens="sglang:generation_tokens_total",
-        running="sglang:num_running_reqs",
-        waiting="sglang:num_queue_reqs",
-        kv_cache_usage="sglang:token_usage",
-    ),
-    "tgi": ServerMetrics(
-        breakdowns=(Breakdown("tgi_request_failure", "err", "Failed requests by error kind"),),
-        running="tgi_batch_current_size",
-        waiting="tgi_queue_size",
-    ),
-    "triton": ServerMetrics(
-        breakdowns=(Breakdown("nv_inference_request_failure", "reason", "Failed requests by reason"),),
-        waiting="nv_inference_pending_request_count",
-    ),
-}
-
-
 # Gauges whose names end like counters (Triton's pending-request count ends in _count).
 SERVER_GAUGES: frozenset[str] = frozenset(
-    m for s in SERVER_METRICS.values() for m in (s.running, s.waiting, s.kv_cache_usage) if m
+    m for p in PRESETS.values() for m in (p.server.running, p.server.waiting, p.server.kv_cache_usage) if m
 )
 
 
@@ -477,8 +426,8 @@ def traffic_panels(spec: ServiceSpec) -> list[Panel]:
             12,
         )
     ]
-    server = SERVER_METRICS.get(spec.preset.name)
-    if server is not None and server.prompt_tokens and server.generation_tokens:
+    server = spec.preset.server
+    if server.prompt_tokens and server.generation_tokens:
         panels.append(_panel(
             "timeseries", "Tokens per second",
             f"Prompt tokens read ({server.prompt_tokens}) and tokens generated "
@@ -511,8 +460,8 @@ def error_panels(spec: ServiceSpec) -> list[Panel]:
             12,
         )
     ]
-    server = SERVER_METRICS.get(spec.preset.name)
-    for breakdown in server.breakdowns if server is not None else ():
+    server = spec.preset.server
+    for breakdown in server.breakdowns:
         labels = [breakdown.label, *(g for g in spec.group_by if g not in breakdown.lacks)]
         panels.append(_panel(
             "timeseries", breakdown.title,
@@ -529,9 +478,7 @@ def error_panels(spec: ServiceSpec) -> list[Panel]:
 
 
 def saturation_panels(spec: ServiceSpec) -> list[Panel]:
-    server = SERVER_METRICS.get(spec.preset.name)
-    if server is None:
-        return []
+    server = spec.preset.server
     panels = []
     pairs = (("running", server.running), ("waiting", server.waiting))
     queue = [(name, metric) for name, metric in pairs if metric]
@@ -563,6 +510,52 @@ def saturation_panels(spec: ServiceSpec) -> list[Panel]:
     return panels
 
 
+def gpu_panels(spec: ServiceSpec) -> list[Panel]:
+    """The GPUs behind the service: utilization, health and, with a price, the cost per good token."""
+    assert spec.gpu is not None
+    sel = spec.gpu.selector
+    svc = {cv.SERVICE_LABEL: spec.service}
+    panels = [
+        _panel("timeseries", "GPU utilization",
+               "Average and lowest DCGM_FI_DEV_GPU_UTIL across the pool's GPUs. A pool that idles below its "
+               "target wastes money; one GPU far below the rest in a training job is a straggler: check its "
+               "clocks, temperature and XIDs.",
+               "percent",
+               [Target(f"avg({promql.selector('DCGM_FI_DEV_GPU_UTIL', sel)})", "average"),
+                Target(f"min({promql.selector('DCGM_FI_DEV_GPU_UTIL', sel)})", "lowest GPU")],
+               12, min=0.0, max=100.0),
+        _panel("timeseries", "Unhealthy GPUs and critical XIDs",
+               "GPUs the exporter marks unhealthy (forge_gpu_healthy == 0) and critical XIDs in the last 5 "
+               "minutes. Any non-zero value is a GPU to drain: see the GpuUnhealthy and GpuXidCritical alerts.",
+               "short",
+               [Target(f"count({promql.selector(cv.GPU_HEALTHY, sel)} == 0) or vector(0)", "unhealthy GPUs"),
+                Target(f"sum(increase({promql.selector('DCGM_FI_DEV_XID_ERRORS', sel, [_critical(spec)])}"
+                       f"[{RATE_INTERVAL}])) or vector(0)", "critical XIDs")],
+               12, min=0.0),
+    ]
+    if spec.gpu.price_per_gpu_hour is not None:
+        panels.append(_panel(
+            "timeseries", "Cost per million good tokens",
+            f"GPU cost ({promql.number(spec.gpu.price_per_gpu_hour)} per GPU-hour x GPUs in the pool) over the "
+            "last hour divided by the tokens of requests that met every latency SLO (a lower bound: generated "
+            "tokens x (1 - the sum of the latency SLOs' error ratios)), per million. Rising means fewer good "
+            "tokens for the same GPUs: look at latency SLOs and utilization.",
+            "currencyUSD",
+            [Target(promql.selector(cv.COST_PER_MILLION_GOOD_TOKENS, svc), "per million good tokens")],
+            12, min=0.0))
+        panels.append(_panel(
+            "stat", "GPUs in the pool",
+            "Number of GPUs reporting DCGM_FI_DEV_GPU_UTIL under the pool's selector. A drop means GPUs "
+            "fell out (lost, drained, exporter down).",
+            "short", [Target(promql.selector(cv.GPU_COUNT, svc), "GPUs", instant=True)], 12))
+    return panels
+
+
+def _critical(spec: ServiceSpec) -> str:
+    assert spec.gpu is not None
+    return "err_code=~" + promql.quote("|".join(str(c) for c in spec.gpu.critical_xids))
+
+
 def _max_by(labels: Sequence[str], expr: str) -> str:
     return f"max {promql.by_clause(labels)} ({expr})" if labels else f"max({expr})"
 
@@ -588,6 +581,8 @@ def service_dashboard(spec: ServiceSpec) -> Dashboard:
     saturation = saturation_panels(spec)
     if saturation:
         sections.append(("Saturation", saturation))
+    if spec.gpu is not None:
+        sections.append(("GPU fleet", gpu_panels(spec)))
     description = spec.description or f"SLOs of {spec.service} ({spec.preset.title})"
     return Dashboard(
         uid=dashboard_uid(spec.service),

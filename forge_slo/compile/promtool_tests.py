@@ -16,11 +16,17 @@ from typing import Any
 from forge_slo import conventions as cv
 from forge_slo import promql
 from forge_slo.compile.rules import (
+    CLOCK_EVENTS,
+    ECC_DBE,
+    GPU_UTIL,
+    XID,
     absent_alert,
     absent_labels,
     alert_labels,
     burn_alert_name,
     burn_annotations,
+    gpu_alert_labels,
+    gpu_alerts,
     slo_labels,
 )
 from forge_slo.durations import format_duration
@@ -203,4 +209,112 @@ def test_file(spec: ServiceSpec, rules_path: str) -> tuple[dict[str, Any], list[
             tests.extend(slo_tests(spec, slo))
         except CannotRender as exc:
             warnings.append(f"{spec.service}/{slo.name}: no promtool tests generated: {exc}")
+    if spec.gpu is not None:
+        try:
+            tests.extend(gpu_tests(spec))
+        except CannotRender as exc:
+            warnings.append(f"{spec.service}/gpu: no promtool tests generated: {exc}")
     return {"rule_files": [rules_path], "evaluation_interval": "1m", "tests": tests}, warnings
+
+
+# GPU fleet --------------------------------------------------------------------------------------------------
+
+def _gpu_labels(spec: ServiceSpec, gpu: int) -> dict[str, str]:
+    assert spec.gpu is not None
+    return {**spec.gpu.selector, "gpu": str(gpu), "UUID": f"GPU-test-{gpu}", "hostname": "test-host",
+            "modelName": "NVIDIA H100 80GB HBM3"}
+
+
+def _expected_gpu_alert(spec: ServiceSpec, name: str, series_labels: dict[str, str]) -> dict[str, Any]:
+    assert spec.gpu is not None
+    rule = next(r for r in gpu_alerts(spec, spec.gpu) if r["alert"] == name)
+    severity_policy = spec.page if rule["labels"][cv.SEVERITY_LABEL] == "page" else spec.ticket
+    labels = {**series_labels, **gpu_alert_labels(spec, severity_policy)}
+    return {"exp_labels": dict(sorted(labels.items())),
+            "exp_annotations": {k: render_template(v, labels, 1.0) for k, v in sorted(rule["annotations"].items())}}
+
+
+def gpu_tests(spec: ServiceSpec) -> list[dict[str, Any]]:
+    """Each GPU alert fires for its fault, on the faulty GPU only, and stays quiet for a healthy fleet."""
+    gpu = spec.gpu
+    assert gpu is not None
+    waits = [gpu.unhealthy_for_seconds, gpu.thermal_for_seconds]
+    at = math.ceil(max(waits) / 60) + 8  # minutes
+    n = at + 2
+    xid_code = str(gpu.critical_xids[-1] if 79 not in gpu.critical_xids else 79)
+    xid_pre = {**_gpu_labels(spec, 0), "err_code": xid_code}       # exists at 0, then the error
+    xid_new = {**_gpu_labels(spec, 1), "err_code": str(gpu.critical_xids[0])}  # appears with the error
+    benign = {**_gpu_labels(spec, 2), "err_code": "13"} if 13 not in gpu.critical_xids else None
+    lost = {**_gpu_labels(spec, 1), "reason": "gpu_lost"}
+    fine = {**_gpu_labels(spec, 0), "reason": "ok"}
+    thermal = _gpu_labels(spec, 3)
+    power_cap = _gpu_labels(spec, 4)
+    step = at - 2
+    series = [
+        {"series": promql.selector(XID, xid_pre), "values": f"0x{step - 1} 1x{n - step}"},
+        {"series": promql.selector(XID, xid_new), "values": f"_x{step - 1} {xid_new['err_code']}x{n - step}"},
+        {"series": promql.selector(cv.GPU_HEALTHY, lost), "values": f"0x{n}"},
+        {"series": promql.selector(cv.GPU_HEALTHY, fine), "values": f"1x{n}"},
+        {"series": promql.selector(ECC_DBE, _gpu_labels(spec, 2)), "values": f"0x{step - 1} 2x{n - step}"},
+        {"series": promql.selector(CLOCK_EVENTS[0], thermal), "values": f"32x{n}"},
+        {"series": promql.selector(CLOCK_EVENTS[0], power_cap), "values": f"4x{n}"},
+    ]
+    if benign is not None:
+        series.append({"series": promql.selector(XID, benign), "values": f"0x{step - 1} 1x{n - step}"})
+    checks = [
+        (cv.GPU_XID_ALERT, [_expected_gpu_alert(spec, cv.GPU_XID_ALERT, xid_pre),
+                            _expected_gpu_alert(spec, cv.GPU_XID_ALERT, xid_new)]),
+        (cv.GPU_UNHEALTHY_ALERT, [_expected_gpu_alert(spec, cv.GPU_UNHEALTHY_ALERT, lost)]),
+        (cv.GPU_ECC_ALERT, [_expected_gpu_alert(spec, cv.GPU_ECC_ALERT, _gpu_labels(spec, 2))]),
+        (cv.GPU_THERMAL_ALERT, [_expected_gpu_alert(spec, cv.GPU_THERMAL_ALERT, thermal)]),
+    ]
+    tests: list[dict[str, Any]] = [{
+        "name": f"{spec.service}/gpu: XID {xid_code}, a lost GPU, ECC and thermal faults each raise their alert",
+        "interval": "1m",
+        "input_series": sorted(series, key=lambda s: s["series"]),
+        "alert_rule_test": [{"eval_time": f"{at}m", "alertname": name, "exp_alerts": exp} for name, exp in checks],
+    }, {
+        "name": f"{spec.service}/gpu: a healthy fleet raises nothing",
+        "interval": "1m",
+        "input_series": [
+            {"series": promql.selector(XID, {**_gpu_labels(spec, 0), "err_code": "0"}), "values": f"0x{n}"},
+            {"series": promql.selector(XID, {**_gpu_labels(spec, 0), "err_code": xid_code}), "values": f"0x{n}"},
+            {"series": promql.selector(cv.GPU_HEALTHY, fine), "values": f"1x{n}"},
+            {"series": promql.selector(ECC_DBE, _gpu_labels(spec, 0)), "values": f"0x{n}"},
+            {"series": promql.selector(CLOCK_EVENTS[0], _gpu_labels(spec, 0)), "values": f"0x{n}"},
+        ],
+        "alert_rule_test": [{"eval_time": f"{at}m", "alertname": name, "exp_alerts": []} for name, _ in checks],
+    }]
+    if gpu.price_per_gpu_hour is not None:
+        tests.append(_cost_test(spec))
+    return tests
+
+
+def _cost_test(spec: ServiceSpec) -> dict[str, Any]:
+    """Two GPUs and 1,000 generated tokens/s with every latency SLO met: the recorded cost is exact."""
+    gpu = spec.gpu
+    assert gpu is not None and gpu.price_per_gpu_hour is not None
+    tokens_metric = spec.preset.server.generation_tokens
+    assert tokens_metric is not None
+    minutes = 75
+    series = [{"series": promql.selector(GPU_UTIL, _gpu_labels(spec, i)), "values": f"90x{minutes}"}
+              for i in range(2)]
+    groups = group_values(spec)
+    series.append({"series": promql.selector(tokens_metric, {**spec.selector, **groups}),
+                   "values": f"0+60000x{minutes}"})
+    for slo in spec.slos:
+        if isinstance(slo.sli, LatencySLI):
+            series.extend(s.render(minutes) for s in input_series(spec, slo, TOTAL_PER_MINUTE, 0.0))
+    expected = 2 * gpu.price_per_gpu_hour / 3600 / 1000 * 1e6
+    labels = promql.selector("", {cv.SERVICE_LABEL: spec.service, **spec.labels})
+    return {
+        "name": f"{spec.service}/gpu: 2 GPUs at {_num(gpu.price_per_gpu_hour)}/h serving 1,000 good tokens/s cost "
+                f"{expected:.4g} per million good tokens",
+        "interval": "1m",
+        "input_series": series,
+        "promql_expr_test": [{
+            "expr": f"abs({cv.COST_PER_MILLION_GOOD_TOKENS} / {expected!r} - 1) < bool 1e-9",
+            "eval_time": f"{minutes - 5}m",
+            "exp_samples": [{"labels": labels, "value": 1}],
+        }],
+    }

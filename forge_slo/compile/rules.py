@@ -5,13 +5,14 @@ Pure functions from a spec to plain data; writing files is the CLI's job.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from forge_slo import conventions as cv
 from forge_slo import promql
 from forge_slo.compile.sli import sli_queries
 from forge_slo.durations import format_duration
-from forge_slo.spec.model import SLO, AlertPolicy, BurnWindow, ServiceSpec
+from forge_slo.spec.model import SLO, AlertPolicy, BurnWindow, GpuPool, LatencySLI, ServiceSpec
 
 Rule = dict[str, Any]
 
@@ -38,8 +39,14 @@ def slo_selector(spec: ServiceSpec, slo: SLO) -> dict[str, str]:
 
 
 def rule_groups(spec: ServiceSpec) -> list[dict[str, Any]]:
-    """One rule group per SLO: recordings first, then alerts, so alerts read this evaluation's values."""
-    return [{"name": f"forge-slo:{spec.service}:{slo.name}", "rules": slo_rules(spec, slo)} for slo in spec.slos]
+    """One rule group per SLO: recordings first, then alerts, so alerts read this evaluation's values.
+
+    A spec with a ``gpu`` section gets one more group: GPU health alerts and the fleet's cost recordings.
+    """
+    groups = [{"name": f"forge-slo:{spec.service}:{slo.name}", "rules": slo_rules(spec, slo)} for slo in spec.slos]
+    if spec.gpu is not None:
+        groups.append({"name": f"forge-slo:{spec.service}:gpu", "rules": gpu_rules(spec, spec.gpu)})
+    return groups
 
 
 def slo_rules(spec: ServiceSpec, slo: SLO) -> list[Rule]:
@@ -201,3 +208,99 @@ def absent_alert(spec: ServiceSpec, slo: SLO) -> Rule:
                        "the selector in the spec match what the server exports, and that the server runs."),
         },
     }
+
+
+# GPU fleet ------------------------------------------------------------------------------------------------
+
+XID = "DCGM_FI_DEV_XID_ERRORS"
+ECC_DBE = "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"
+CLOCK_EVENTS = ("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS")  # new and old name
+GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"
+_GPU_WHERE = "GPU {{ $labels.gpu }} ({{ $labels.UUID }}) on {{ $labels.hostname }}{{ $labels.Hostname }}"
+
+
+def gpu_alert_labels(spec: ServiceSpec, policy: AlertPolicy) -> dict[str, str]:
+    labels = {cv.SERVICE_LABEL: spec.service, **spec.labels, **policy.labels, cv.SEVERITY_LABEL: policy.severity}
+    return dict(sorted(labels.items()))
+
+
+def gpu_alerts(spec: ServiceSpec, gpu: GpuPool) -> list[Rule]:
+    sel = gpu.selector
+    codes = "|".join(str(c) for c in gpu.critical_xids)
+    xid = promql.selector(XID, sel, [f"err_code=~{promql.quote(codes)}"])
+    # increase() sees codes whose series existed at 0 before the error (forge-slo's exporter writes them);
+    # the second half catches a code whose series appears with the error, as dcgm-exporter writes it.
+    xid_expr = f"increase({xid}[5m]) > 0 or ({xid} > 0 unless {xid} offset 5m)"
+    thermal = " or ".join(f"floor({promql.selector(m, sel)} / 32) % 4 > 0" for m in CLOCK_EVENTS)
+    page, ticket = gpu_alert_labels(spec, spec.page), gpu_alert_labels(spec, spec.ticket)
+    return [
+        {"alert": cv.GPU_XID_ALERT, "expr": xid_expr, "labels": literal_labels(page), "annotations": {
+            "summary": f"{_GPU_WHERE} reported XID {{{{ $labels.err_code }}}}",
+            "description": ("A critical XID (" + ", ".join(str(c) for c in gpu.critical_xids) + ") means the GPU "
+                            "needs attention now: 79 fallen off the bus, 48/94/95 ECC errors, 63/64 row "
+                            "remapping, 74 NVLink, 119/120 GSP."),
+            "action": ("Drain the node's workloads; check nvidia-smi -q and the kernel log (dmesg | grep -i xid); "
+                       "79 and uncontained ECC errors need a GPU reset or node reboot, repeated ones an RMA."),
+        }},
+        {"alert": cv.GPU_UNHEALTHY_ALERT, "expr": f"{promql.selector(cv.GPU_HEALTHY, sel)} == 0",
+         "for": format_duration(gpu.unhealthy_for_seconds) if gpu.unhealthy_for_seconds else None,
+         "labels": literal_labels(page), "annotations": {
+            "summary": f"{_GPU_WHERE} is unhealthy ({{{{ $labels.reason }}}})",
+            "description": ("The GPU exporter marks this GPU unhealthy: it stopped answering NVML (lost), or it "
+                            "reported a critical XID, uncorrectable ECC errors or a row-remapping failure."),
+            "action": "Cordon the node so no new work lands on it; drain, then reset or replace the GPU.",
+        }},
+        {"alert": cv.GPU_ECC_ALERT, "expr": f"increase({promql.selector(ECC_DBE, sel)}[10m]) > 0",
+         "labels": literal_labels(page), "annotations": {
+            "summary": f"{_GPU_WHERE} had uncorrectable (double-bit) ECC errors",
+            "description": "Double-bit ECC errors corrupt data: the job on this GPU may have produced wrong results.",
+            "action": "Drain the GPU; check retired pages and remapped rows (nvidia-smi -q -d ECC,ROW_REMAPPER).",
+        }},
+        {"alert": cv.GPU_THERMAL_ALERT, "expr": thermal,
+         "for": format_duration(gpu.thermal_for_seconds) if gpu.thermal_for_seconds else None,
+         "labels": literal_labels(ticket), "annotations": {
+            "summary": f"{_GPU_WHERE} is throttling its clocks for heat",
+            "description": ("The clock event reasons carry the software or hardware thermal slowdown bit (0x20 or "
+                            "0x40): the GPU runs slower, and every collective it takes part in waits for it."),
+            "action": "Check GPU and memory temperature, fans and airflow in the rack; compare with its neighbours.",
+        }},
+    ]
+
+
+def cost_recordings(spec: ServiceSpec, gpu: GpuPool) -> list[Rule]:
+    """GPU count, dollars per second, good tokens per second and dollars per million good tokens (1h)."""
+    assert gpu.price_per_gpu_hour is not None and spec.preset.server.generation_tokens is not None
+    labels = {cv.SERVICE_LABEL: spec.service, **spec.labels}
+    svc = {cv.SERVICE_LABEL: spec.service}
+    base = spec.base_window_seconds
+    window = format_duration(base)
+    g = spec.group_by
+    tokens = promql.sum_by(g, promql.rate(promql.selector(spec.preset.server.generation_tokens, spec.selector),
+                                          window))
+    latency = [s.name for s in spec.slos if isinstance(s.sli, LatencySLI)]
+    if latency:
+        ratios = promql.selector(cv.error_ratio(base), svc,
+                                 [f"{cv.SLO_LABEL}=~{promql.quote('|'.join(re.escape(n) for n in latency))}"])
+        # Lower bound of the share of requests that met every latency SLO: 1 - the sum of the shares that
+        # missed one (exact when misses never overlap, pessimistic otherwise).
+        good = f"{tokens} * on({', '.join(g)}) group_left() clamp_min(1 - {promql.sum_by(g, ratios)}, 0)"
+    else:
+        good = tokens
+    return [
+        _record(cv.GPU_COUNT, f"count({promql.selector(GPU_UTIL, gpu.selector)})", labels),
+        _record(cv.GPU_COST_RATE,
+                f"{promql.selector(cv.GPU_COUNT, svc)} * {promql.number(gpu.price_per_gpu_hour)} / 3600", labels),
+        _record(cv.GOOD_TOKENS_RATE, f"sum({good})", labels),
+        _record(cv.COST_PER_MILLION_GOOD_TOKENS,
+                f"sum_over_time({promql.selector(cv.GPU_COST_RATE, svc)}[1h]) / "
+                f"sum_over_time({promql.selector(cv.GOOD_TOKENS_RATE, svc)}[1h]) * 1e6", labels),
+    ]
+
+
+def gpu_rules(spec: ServiceSpec, gpu: GpuPool) -> list[Rule]:
+    rules = cost_recordings(spec, gpu) if gpu.price_per_gpu_hour is not None else []
+    for alert in gpu_alerts(spec, gpu):
+        if alert.get("for") is None:
+            alert.pop("for", None)
+        rules.append(alert)
+    return rules

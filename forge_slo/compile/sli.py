@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from forge_slo import promql
-from forge_slo.spec.model import SLO, AvailabilitySLI, LatencySLI, RatioSLI, ServiceSpec
+from forge_slo.spec.model import SLO, AvailabilitySLI, GaugeSLI, LatencySLI, RatioSLI, ServiceSpec
 from forge_slo.spec.presets import CounterTerm
 
 
@@ -35,6 +35,8 @@ def sli_queries(spec: ServiceSpec, slo: SLO) -> SliQueries:
             errors=_sum_terms(spec, sli.counters.errors),
             total=_sum_terms(spec, sli.counters.total),
         )
+    if isinstance(sli, GaugeSLI):
+        return _gauge(sli)
     assert isinstance(sli, RatioSLI)
     if sli.errors is not None:
         return SliQueries(errors=sli.errors, total=sli.total)
@@ -50,6 +52,18 @@ def _latency(spec: ServiceSpec, sli: LatencySLI) -> SliQueries:
         promql.rate(promql.selector(f"{metric}_bucket", spec.selector, [promql.le_matcher(sli.bucket_bound)]), W),
     )
     return SliQueries(errors=f"{total} - {good}", total=total)
+
+
+_BAD_WHEN = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
+
+
+def _gauge(sli: GaugeSLI) -> SliQueries:
+    """Each second is an event; it fails while the aggregated gauge is on the bad side of the threshold."""
+    value = f"{sli.aggregate} {promql.by_clause(sli.by)} ({promql.selector(sli.metric, sli.selector)})" if sli.by \
+        else f"{sli.aggregate}({promql.selector(sli.metric, sli.selector)})"
+    bad = f"({value} {_BAD_WHEN[sli.good_when]} bool {promql.number(sli.threshold)})"
+    seconds = f"({value} * 0 + 1)"
+    return SliQueries(errors=f"avg_over_time({bad}[{W}:])", total=f"avg_over_time({seconds}[{W}:])")
 
 
 def _term(spec: ServiceSpec, term: CounterTerm) -> tuple[str, tuple[str, ...]]:

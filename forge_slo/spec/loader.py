@@ -12,6 +12,7 @@ from forge_slo import promql
 from forge_slo.durations import format_duration, parse_duration
 from forge_slo.errors import SpecError, SpecErrors
 from forge_slo.spec.model import (
+    CRITICAL_XIDS,
     PAGE,
     SLI,
     SLO,
@@ -19,6 +20,8 @@ from forge_slo.spec.model import (
     AlertPolicy,
     AvailabilitySLI,
     BurnWindow,
+    GaugeSLI,
+    GpuPool,
     LatencySLI,
     RatioSLI,
     ServiceSpec,
@@ -125,7 +128,7 @@ def document_format(doc: Node) -> str:
 # Native format --------------------------------------------------------------------------------------------
 
 _SERVICE_FIELDS = {"apiVersion", "kind", "service", "description", "preset", "metrics", "selector", "group_by",
-                   "period", "labels", "alerting", "slos"}
+                   "period", "labels", "alerting", "slos", "gpu"}
 
 
 def parse_service(doc: Node) -> ServiceSpec:
@@ -141,11 +144,44 @@ def parse_service(doc: Node) -> ServiceSpec:
     labels = parse_labels(items["labels"]) if "labels" in items else {}
     description = items["description"].string(non_empty=False) if "description" in items else ""
     page, ticket, min_events, absent_for = parse_alerting(items.get("alerting"), period)
-    slos = parse_slos(items["slos"], preset, page, ticket)
+    gpu = parse_gpu(items["gpu"], preset) if "gpu" in items else None
+    slos = parse_slos(items["slos"], preset, page, ticket, gpu)
     return ServiceSpec(
         service=service, preset=preset, period_seconds=period, slos=slos, page=page, ticket=ticket,
         selector=frozen_map(selector), group_by=group_by, labels=frozen_map(labels), min_events=min_events,
-        absent_for_seconds=absent_for, description=description, source=doc.file,
+        absent_for_seconds=absent_for, description=description, source=doc.file, gpu=gpu,
+    )
+
+
+def parse_gpu(node: Node, preset: Preset) -> GpuPool:
+    items = node.mapping({"selector", "price_per_gpu_hour", "alerts", "critical_xids"})
+    price = None
+    if "price_per_gpu_hour" in items:
+        price = items["price_per_gpu_hour"].number()
+        if price <= 0:
+            items["price_per_gpu_hour"].fail("must be a positive price (e.g. dollars per GPU-hour)")
+        if preset.server.generation_tokens is None:
+            items["price_per_gpu_hour"].fail(
+                f"cost per good token needs the server's generated-token counter, which preset {preset.name!r} "
+                "does not have")
+    alerts = items["alerts"].mapping({"unhealthy_for", "thermal_for"}) if "alerts" in items else {}
+    xids = CRITICAL_XIDS
+    if "critical_xids" in items:
+        codes = []
+        for code in items["critical_xids"].sequence():
+            value = code.number()
+            if not value.is_integer() or value <= 0:
+                code.fail("XID codes are positive integers")
+            codes.append(int(value))
+        if not codes:
+            items["critical_xids"].fail("list at least one XID code")
+        xids = tuple(sorted(set(codes)))
+    return GpuPool(
+        selector=frozen_map(parse_labels(items["selector"], allow_reserved=True) if "selector" in items else {}),
+        price_per_gpu_hour=price,
+        unhealthy_for_seconds=parse_for(alerts["unhealthy_for"]) if "unhealthy_for" in alerts else 60.0,
+        thermal_for_seconds=parse_for(alerts["thermal_for"]) if "thermal_for" in alerts else 300.0,
+        critical_xids=xids,
     )
 
 
@@ -286,7 +322,8 @@ def parse_window(node: Node, period: float) -> BurnWindow:
     return BurnWindow(long_s, short_s, factor)
 
 
-def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolicy) -> tuple[SLO, ...]:
+def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolicy,
+               gpu: GpuPool | None = None) -> tuple[SLO, ...]:
     entries = node.sequence()
     if not entries:
         node.fail("must list at least one SLO")
@@ -314,7 +351,7 @@ def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolic
         slos.append(SLO(
             name=name,
             objective_percent=objective,
-            sli=parse_sli(items["sli"], preset),
+            sli=parse_sli(items["sli"], preset, gpu),
             description=items["description"].string(non_empty=False) if "description" in items else "",
             labels=frozen_map(parse_labels(items["labels"]) if "labels" in items else {}),
             alert_name=parse_alert_name(items["alert_name"]) if "alert_name" in items else "",
@@ -329,10 +366,10 @@ def parse_alert_name(node: Node) -> str:
     return name
 
 
-def parse_sli(node: Node, preset: Preset) -> SLI:
-    items = node.mapping({"latency", "availability", "ratio"})
+def parse_sli(node: Node, preset: Preset, gpu: GpuPool | None = None) -> SLI:
+    items = node.mapping({"latency", "availability", "ratio", "gauge"})
     if len(items) != 1:
-        node.fail("give exactly one of 'latency', 'availability' or 'ratio'")
+        node.fail("give exactly one of 'latency', 'availability', 'ratio' or 'gauge'")
     kind, body = next(iter(items.items()))
     if kind == "latency":
         return parse_latency(body, preset)
@@ -342,7 +379,35 @@ def parse_sli(node: Node, preset: Preset) -> SLI:
         if preset.availability is None:
             body.fail(f"preset {preset.name!r} has no availability counters; use a 'ratio' SLI with your own queries")
         return AvailabilitySLI(preset.availability)
+    if kind == "gauge":
+        return parse_gauge(body, gpu)
     return parse_ratio(body)
+
+
+GOOD_WHEN = (">=", ">", "<=", "<")
+AGGREGATES = ("avg", "min", "max", "sum")
+
+
+def parse_gauge(node: Node, gpu: GpuPool | None) -> GaugeSLI:
+    items = node.mapping({"metric", "threshold", "good_when", "aggregate", "selector", "by"},
+                         required=("metric", "threshold", "good_when"))
+    metric = items["metric"].string()
+    if not promql.is_metric_name(metric):
+        items["metric"].fail(f"{metric!r} is not a valid Prometheus metric name")
+    good_when = items["good_when"].string()
+    if good_when not in GOOD_WHEN:
+        items["good_when"].fail(f"must be one of {', '.join(repr(g) for g in GOOD_WHEN)} (good when the value is "
+                                "on that side of the threshold)")
+    aggregate = items["aggregate"].string() if "aggregate" in items else "avg"
+    if aggregate not in AGGREGATES:
+        items["aggregate"].fail(f"must be one of {', '.join(AGGREGATES)}")
+    if "selector" in items:
+        selector = parse_labels(items["selector"], allow_reserved=True)
+    else:
+        # GPU gauges default to the pool's selector.
+        selector = dict(gpu.selector) if gpu is not None and metric.startswith("DCGM_") else {}
+    return GaugeSLI(metric=metric, threshold=items["threshold"].number(), good_when=good_when, aggregate=aggregate,
+                    selector=frozen_map(selector), by=parse_group_by(items["by"]) if "by" in items else ())
 
 
 def parse_latency(node: Node, preset: Preset) -> LatencySLI:

@@ -52,7 +52,39 @@ class RatioSLI:
     kind: str = field(default="ratio", init=False)
 
 
-SLI = LatencySLI | AvailabilitySLI | RatioSLI
+@dataclass(frozen=True)
+class GaugeSLI:
+    """Share of time a gauge, aggregated over ``by`` (a pool), is on the good side of a threshold.
+
+    Example: the pool's average GPU utilization at or above 75%. Each second is one event.
+    """
+
+    metric: str
+    threshold: float
+    good_when: str  # ">=", ">", "<=" or "<"
+    aggregate: str = "avg"  # avg | min | max | sum over the matching series
+    selector: Mapping[str, str] = field(default_factory=frozen_map)
+    by: tuple[str, ...] = ()
+    kind: str = field(default="gauge", init=False)
+
+
+SLI = LatencySLI | AvailabilitySLI | RatioSLI | GaugeSLI
+
+# XIDs that mean a GPU needs attention now (NVIDIA's XID catalogue): 48 double-bit ECC, 63/64 row
+# remapping, 74 NVLink, 79 fallen off the bus, 92 high single-bit ECC rate, 94/95 contained/uncontained
+# ECC, 119/120 GSP, 140 unrecovered ECC.
+CRITICAL_XIDS: tuple[int, ...] = (48, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140)
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    """The GPUs serving a service, read through dcgm-exporter's (or forge-slo's exporter's) series."""
+
+    selector: Mapping[str, str] = field(default_factory=frozen_map)
+    price_per_gpu_hour: float | None = None
+    unhealthy_for_seconds: float = 60.0
+    thermal_for_seconds: float = 300.0
+    critical_xids: tuple[int, ...] = CRITICAL_XIDS
 
 
 @dataclass(frozen=True)
@@ -109,6 +141,7 @@ class ServiceSpec:
     description: str = ""
     source: str = ""
     source_format: str = "forge-slo/v1"
+    gpu: GpuPool | None = None
 
     @property
     def policies(self) -> tuple[AlertPolicy, ...]:

@@ -66,12 +66,33 @@ class Availability:
 
 
 @dataclass(frozen=True)
+class Breakdown:
+    """A counter of requests broken down by one label (status, finish reason, error kind)."""
+
+    metric: str
+    label: str
+    title: str
+    lacks: frozenset[str] = frozenset()  # labels the counter does not carry (vLLM's HTTP counter: model_name)
+
+
+@dataclass(frozen=True)
+class ServerMetrics:
+    prompt_tokens: str | None = None  # counters
+    generation_tokens: str | None = None
+    breakdowns: tuple[Breakdown, ...] = ()
+    running: str | None = None  # gauges
+    waiting: str | None = None
+    kv_cache_usage: str | None = None  # gauge, 0..1
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     title: str
     model_label: str | None
     histograms: dict[str, Histogram] = field(default_factory=dict)  # alias -> histogram
     availability: Availability | None = None
+    server: ServerMetrics = field(default_factory=lambda: ServerMetrics())  # traffic and saturation series
 
     def histogram(self, alias_or_metric: str) -> Histogram | None:
         """A histogram by alias (``ttft``) or by its full metric name."""
@@ -94,6 +115,17 @@ VLLM = Preset(
     name="vllm",
     title="vLLM",
     model_label="model_name",
+    server=ServerMetrics(
+        prompt_tokens="vllm:prompt_tokens_total",
+        generation_tokens="vllm:generation_tokens_total",
+        breakdowns=(
+            Breakdown("http_requests_total", "status", "HTTP responses by status", lacks=frozenset({"model_name"})),
+            Breakdown("vllm:request_success_total", "finished_reason", "Finished requests by reason"),
+        ),
+        running="vllm:num_requests_running",
+        waiting="vllm:num_requests_waiting",
+        kv_cache_usage="vllm:kv_cache_usage_perc",
+    ),
     histograms={
         "ttft": _vllm_ttft,
         "tpot": _vllm_itl,
@@ -145,6 +177,13 @@ SGLANG = Preset(
     name="sglang",
     title="SGLang",
     model_label="model_name",
+    server=ServerMetrics(
+        prompt_tokens="sglang:prompt_tokens_total",
+        generation_tokens="sglang:generation_tokens_total",
+        running="sglang:num_running_reqs",
+        waiting="sglang:num_queue_reqs",
+        kv_cache_usage="sglang:token_usage",
+    ),
     histograms={
         "ttft": Histogram("sglang:time_to_first_token_seconds", _SGLANG_TTFT_BUCKETS),
         "tpot": Histogram("sglang:inter_token_latency_seconds", _SGLANG_ITL_BUCKETS),
@@ -182,6 +221,11 @@ TGI = Preset(
     name="tgi",
     title="Text Generation Inference",
     model_label=None,
+    server=ServerMetrics(
+        breakdowns=(Breakdown("tgi_request_failure", "err", "Failed requests by error kind"),),
+        running="tgi_batch_current_size",
+        waiting="tgi_queue_size",
+    ),
     histograms={
         "e2e": Histogram("tgi_request_duration", _TGI_DURATION_BUCKETS),
         "tpot": Histogram("tgi_request_mean_time_per_token_duration", _TGI_DURATION_BUCKETS),
@@ -202,6 +246,10 @@ TRITON = Preset(
     name="triton",
     title="Triton Inference Server",
     model_label="model",
+    server=ServerMetrics(
+        breakdowns=(Breakdown("nv_inference_request_failure", "reason", "Failed requests by reason"),),
+        waiting="nv_inference_pending_request_count",
+    ),
     histograms={
         # Exported with --metrics-config histogram_latencies=true; milliseconds.
         "ttft": Histogram(
