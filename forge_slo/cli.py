@@ -57,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer TOKEN' on /admin (also FORGE_SLO_SIM_ADMIN_TOKEN)")
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("prometheus-config", help="write a Prometheus config that scrapes targets and loads rules",
+                       description="Write a prometheus.yml that scrapes the given targets and loads the rule files "
+                                   "forge-slo compiled, e.g. to run the simulator, Prometheus and the SLO rules "
+                                   "together.", epilog=EPILOG)
+    p.add_argument("--scrape", nargs="+", required=True, metavar="HOST:PORT", help="targets to scrape")
+    p.add_argument("--rules", required=True, metavar="DIR", type=Path,
+                   help="the --out directory of forge-slo compile (or a directory of *.rules.yaml)")
+    p.add_argument("--scrape-interval", default="15s", metavar="DURATION", help="default 15s")
+    p.add_argument("--evaluation-interval", metavar="DURATION", help="rule evaluation interval (default: as scrape)")
+    p.add_argument("--job", default="forge-slo", help="job label of the targets (default forge-slo)")
+    p.add_argument("--out", "-o", type=Path, metavar="FILE", help="write here instead of standard output")
+    p.set_defaults(func=cmd_prometheus_config)
+
     from forge_slo.telemetry.command import DESCRIPTION as GPU_DESCRIPTION
     from forge_slo.telemetry.command import build_parser as gpu_flags
     from forge_slo.telemetry.command import main_from_args as gpu_exporter
@@ -104,6 +117,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for artifact in result.artifacts:
         top, _, rest = artifact.path.partition("/")
         print(f"  {targets[top] / rest}")
+    return 0
+
+
+def cmd_prometheus_config(args: argparse.Namespace) -> int:
+    from forge_slo.compile import yamlout
+    from forge_slo.compile.prometheus_config import prometheus_config, rule_files_in
+
+    config = prometheus_config(args.scrape, rule_files_in(args.rules), scrape_interval=args.scrape_interval,
+                               evaluation_interval=args.evaluation_interval, job=args.job)
+    text = yamlout.dump(config, "Written by forge-slo prometheus-config.")
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
     return 0
 
 
