@@ -50,11 +50,13 @@ def _parser() -> argparse.ArgumentParser:
                        description="Serve an OpenAI-compatible API that behaves like a vLLM server without a GPU: "
                                    "streaming completions with configurable TTFT and TPOT, vLLM's /metrics, "
                                    "and faults on demand through /admin/faults.", epilog=EPILOG)
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--config", metavar="FILE", help="simulator YAML config (models, timing, faults)")
+    p.add_argument("--config", metavar="FILE", help="simulator YAML config (models, timing, faults, tracing)")
     p.add_argument("--admin-token", metavar="TOKEN",
                    help="require 'Authorization: Bearer TOKEN' on /admin (also FORGE_SLO_SIM_ADMIN_TOKEN)")
+    p.add_argument("--ready-file", metavar="FILE",
+                   help="write {\"host\", \"port\", \"pid\"} as JSON here once listening (for scripts using --port 0)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("prometheus-config", help="write a Prometheus config that scrapes targets and loads rules",
@@ -137,21 +139,13 @@ def cmd_prometheus_config(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    import os
-
+    from forge_slo.errors import UsageError
     from forge_slo.sim import run_simulator
 
-    if not 0 < args.port < 65536:
-        raise UsageErrorFor("--port", f"{args.port} is not a port number (1-65535)")
-    if args.admin_token:
-        os.environ["FORGE_SLO_SIM_ADMIN_TOKEN"] = args.admin_token
-    return run_simulator(port=args.port, host=args.host, config_path=args.config)
-
-
-def UsageErrorFor(flag: str, reason: str) -> ForgeError:  # noqa: N802 - reads like the exception it builds
-    from forge_slo.errors import UsageError
-
-    return UsageError(f"{flag}: {reason}")
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"--port: {args.port} is not a port number (1-65535, or 0 for any free port)")
+    return run_simulator(port=args.port, host=args.host, config_path=args.config, admin_token=args.admin_token,
+                         ready_file=args.ready_file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,811 @@
+"""The simulator, driven like a user would: real servers on 127.0.0.1, the OpenAI client, /metrics, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from forge_slo.errors import SpecError
+from forge_slo.sim import SimProcess, SimServer, load_sim_config, parse_sim_config
+from forge_slo.sim.config import ModelConfig, OutputTokens
+from forge_slo.sim.engine import ModelEngine, TokenClock
+from forge_slo.sim.metrics import LagStats
+from forge_slo.spec.presets import VLLM_ITL_BUCKETS, VLLM_REQUEST_LATENCY_BUCKETS, VLLM_TTFT_BUCKETS
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _model(name: str, **kw: Any) -> dict[str, Any]:
+    base = {
+        "name": name,
+        "itl_distribution": "fixed",
+        "itl_stddev_s": 0.0,
+        "batch_slowdown": 0.0,
+        "prefill_per_token_s": 0.0,
+        "output_tokens": {"distribution": "fixed", "value": 8},
+    }
+    base.update(kw)
+    return base
+
+
+MAIN_CONFIG = {
+    "seed": 7,
+    "admin_token": TOKEN,
+    "models": [
+        _model("fast", prefill_base_s=0.005, itl_s=0.002),
+        _model("fixed", prefill_base_s=0.1, itl_s=0.01),
+        _model("serial", max_num_seqs=1, prefill_base_s=0.05, itl_s=0.01),
+        _model("chaos", prefill_base_s=0.005, itl_s=0.005),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    with SimProcess(MAIN_CONFIG) as proc:
+        yield proc
+
+
+def _get(url: str, **kw: Any) -> httpx.Response:
+    return httpx.get(url, timeout=10, **kw)
+
+
+def _metrics(sim: SimProcess) -> dict[str, Any]:
+    text = _get(f"{sim.url}/metrics").text
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _sample(families: dict[str, Any], family: str, sample: str, **labels: str) -> float:
+    total = 0.0
+    for s in families[family].samples:
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+            total += s.value
+    return total
+
+
+def _abort_count(sim: SimProcess, model: str) -> float:
+    return _sample(
+        _metrics(sim),
+        "vllm:request_success",
+        "vllm:request_success_total",
+        model_name=model,
+        finished_reason="abort",
+    )
+
+
+async def _stream(
+    url: str, body: dict[str, Any], *, headers: dict[str, str] | None = None, read_tokens: int | None = None
+) -> dict[str, Any]:
+    """One streaming request; TTFT (first content token), token arrival times, whether it ended cleanly."""
+    async with aiohttp.ClientSession() as session:
+        sent = time.perf_counter()
+        times: list[float] = []
+        clean = False
+        error = None
+        async with session.post(url, json={**body, "stream": True}, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            try:
+                async for line in resp.content:
+                    if line.startswith(b"data: [DONE]"):
+                        clean = True
+                    elif line.startswith(b"data: "):
+                        choice = json.loads(line[6:])["choices"]
+                        if choice and (choice[0].get("text") or choice[0].get("delta", {}).get("content")):
+                            times.append(time.perf_counter() - sent)
+                            if read_tokens is not None and len(times) >= read_tokens:
+                                break
+            except aiohttp.ClientPayloadError as e:
+                error = e
+        return {"ttft": times[0] if times else math.nan, "times": times, "clean": clean, "error": error}
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAI client
+
+
+def test_openai_client_chat_non_streaming(sim: SimProcess) -> None:
+    with openai.OpenAI(base_url=sim.base_url, api_key="x") as client:
+        r = client.chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "hi " * 40}], max_tokens=5
+        )
+    assert r.choices[0].message.content == " tok" * 5
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage is not None and r.usage.completion_tokens == 5
+    assert r.usage.prompt_tokens == 3 + math.ceil(len("hi " * 40) / 4)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 5
+    assert r.model == "fast" and r.id.startswith("chatcmpl-")
+
+
+def test_openai_client_chat_streaming_with_usage(sim: SimProcess) -> None:
+    with openai.OpenAI(base_url=sim.base_url, api_key="x") as client:
+        stream = client.chat.completions.create(
+            model="fast",
+            messages=[{"role": "user", "content": "hello"}],
+            max_completion_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == " tok" * 6
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 6
+
+
+def test_openai_client_completions_and_default_length(sim: SimProcess) -> None:
+    with openai.OpenAI(base_url=sim.base_url, api_key="x") as client:
+        r = client.completions.create(model="fast", prompt="Once upon a time")
+        chunks = list(client.completions.create(model="fast", prompt=[1, 2, 3], max_tokens=3, stream=True))
+        models = client.models.list()
+    # No max_tokens: the configured output length (fixed 8) and finish_reason "stop", as an EOS would give.
+    assert r.choices[0].text == " tok" * 8 and r.choices[0].finish_reason == "stop"
+    assert r.usage is not None and r.usage.prompt_tokens == 4
+    assert "".join(c.choices[0].text for c in chunks) == " tok" * 3
+    assert [m.id for m in models.data] == ["fast", "fixed", "serial", "chaos"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/v1/chat/completions", b"{not json", 400, None),
+        ("/v1/chat/completions", b'{"model": "fast"}', 400, "messages"),
+        ("/v1/chat/completions", b'{"model": "fast", "messages": "hi"}', 400, "messages"),
+        (
+            "/v1/chat/completions",
+            b'{"model": "fast", "messages": [{"content": "x"}]}',
+            400,
+            "messages[0].role",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "model",
+        ),
+        ("/v1/completions", b'{"model": "fast"}', 400, "prompt"),
+        ("/v1/completions", b'{"model": "fast", "prompt": "x", "max_tokens": -3}', 400, "max_tokens"),
+        ("/v1/completions", b'{"model": "fast", "prompt": "x", "max_tokens": 2.5}', 400, "max_tokens"),
+        ("/v1/completions", b'{"model": "fast", "prompt": "x", "max_tokens": "9"}', 400, "max_tokens"),
+        ("/v1/completions", b'{"model": 3, "prompt": "x"}', 400, "model"),
+        ("/v1/completions", b'{"model": "fast", "prompt": "x", "stream": "yes"}', 400, "stream"),
+        ("/v1/completions", b'{"model": "fast", "prompt": "x", "stream_options": {}}', 400, "stream_options"),
+        ("/v1/completions", b'{"model": "fast", "prompt": "x", "max_tokens": 40000}', 400, "max_tokens"),
+        ("/v1/completions", b"[1, 2]", 400, None),
+    ],
+)
+def test_bad_requests_get_openai_error_bodies(
+    sim: SimProcess, path: str, body: bytes, status: int, param: str | None
+) -> None:
+    r = httpx.post(f"{sim.url}{path}", content=body, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["param"] == param
+    assert err["type"] == ("NotFoundError" if status == 404 else "invalid_request_error")
+    assert "Traceback" not in r.text
+
+
+def test_openai_client_raises_on_unknown_model(sim: SimProcess) -> None:
+    with (
+        openai.OpenAI(base_url=sim.base_url, api_key="x", max_retries=0) as client,
+        pytest.raises(openai.NotFoundError),
+    ):
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_metrics_expose_vllm_series_with_vllm_buckets(sim: SimProcess) -> None:
+    with openai.OpenAI(base_url=sim.base_url, api_key="x") as client:
+        client.completions.create(model="fast", prompt="abcd" * 10, max_tokens=4)
+    _get(f"{sim.url}/health")
+    fams = _metrics(sim)
+    histograms = {
+        "vllm:time_to_first_token_seconds": VLLM_TTFT_BUCKETS,
+        "vllm:inter_token_latency_seconds": VLLM_ITL_BUCKETS,
+        "vllm:e2e_request_latency_seconds": VLLM_REQUEST_LATENCY_BUCKETS,
+        "vllm:request_queue_time_seconds": VLLM_REQUEST_LATENCY_BUCKETS,
+    }
+    for name, bounds in histograms.items():
+        fam = fams[name]
+        assert fam.type == "histogram"
+        les = [
+            s.labels["le"]
+            for s in fam.samples
+            if s.name == f"{name}_bucket" and s.labels["model_name"] == "fast"
+        ]
+        assert [float(le) for le in les] == [*bounds, math.inf]
+        assert {s.labels["engine"] for s in fam.samples} == {"0"}
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
+        assert fams[name].type == "gauge"
+        assert {(s.labels["model_name"], s.labels["engine"]) for s in fams[name].samples} == {
+            (m, "0") for m in ("fast", "fixed", "serial", "chaos")
+        }
+    for name in ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success"):
+        assert fams[name].type == "counter"
+    # Pre-created at zero for every model, as vLLM does.
+    reasons = {
+        (s.labels["model_name"], s.labels["finished_reason"]) for s in fams["vllm:request_success"].samples
+    }
+    assert reasons == {
+        (m, r) for m in ("fast", "fixed", "serial", "chaos") for r in ("stop", "length", "abort", "error")
+    }
+    assert _sample(fams, "vllm:prompt_tokens", "vllm:prompt_tokens_total", model_name="fast") >= 10
+    assert _sample(fams, "vllm:generation_tokens", "vllm:generation_tokens_total", model_name="fast") >= 4
+    assert (
+        _sample(
+            fams,
+            "vllm:inter_token_latency_seconds",
+            "vllm:inter_token_latency_seconds_count",
+            model_name="fast",
+        )
+        >= 3
+    )
+    http = fams["http_requests"]
+    assert http.type == "counter"
+    assert all("model_name" not in s.labels for s in http.samples)
+    handlers = {s.labels["handler"] for s in http.samples}
+    assert "/v1/completions" in handlers and "/metrics" not in handlers and "/health" not in handlers
+    assert {s.labels["status"] for s in http.samples} <= {"2xx", "4xx", "5xx"}
+    assert (
+        _sample(
+            fams,
+            "http_requests",
+            "http_requests_total",
+            handler="/v1/completions",
+            method="POST",
+            status="2xx",
+        )
+        >= 1
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def test_fixed_ttft_is_what_the_config_says(sim: SimProcess) -> None:
+    async def three() -> list[dict[str, Any]]:
+        return [
+            await _stream(f"{sim.base_url}/completions", {"model": "fixed", "prompt": "x", "max_tokens": 5})
+            for _ in range(3)
+        ]
+
+    results = _run(three())
+    ttft = sorted(r["ttft"] for r in results)[1]
+    assert abs(ttft - 0.1) < 0.02, ttft
+    gaps = [b - a for r in results for a, b in zip(r["times"], r["times"][1:], strict=False)]
+    assert abs(sorted(gaps)[len(gaps) // 2] - 0.01) < 0.005, gaps
+
+
+def test_second_request_waits_for_the_first_when_one_sequence_fits(sim: SimProcess) -> None:
+    body = {"model": "serial", "prompt": "x", "max_tokens": 10}  # 0.05 s prefill + 9 * 0.01 s decode
+
+    async def two() -> list[dict[str, Any]]:
+        first = asyncio.create_task(_stream(f"{sim.base_url}/completions", body))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(_stream(f"{sim.base_url}/completions", body))
+        return [await first, await second]
+
+    first, second = _run(two())
+    first_e2e = first["times"][-1]
+    assert abs(first["ttft"] - 0.05) < 0.02
+    # Queued behind the first (about 0.13 s left of it), then its own 0.05 s prefill.
+    assert second["ttft"] >= first_e2e - 0.01 + 0.05 - 0.015, (first_e2e, second["ttft"])
+    fams = _metrics(sim)
+    assert (
+        _sample(
+            fams,
+            "vllm:request_queue_time_seconds",
+            "vllm:request_queue_time_seconds_sum",
+            model_name="serial",
+        )
+        >= 0.1
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Faults
+
+
+def _add_fault(
+    sim: SimProcess, fault: dict[str, Any], headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.post(
+        f"{sim.url}/admin/faults", json=fault, headers=AUTH if headers is None else headers, timeout=10
+    )
+
+
+def test_admin_api_requires_the_token(sim: SimProcess) -> None:
+    assert httpx.get(f"{sim.url}/admin/faults", timeout=10).status_code == 401
+    bad = httpx.get(f"{sim.url}/admin/faults", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
+    assert _add_fault(sim, {"kind": "outage", "model": "chaos"}, headers={}).status_code == 401
+    assert httpx.get(f"{sim.url}/admin/faults", headers=AUTH, timeout=10).json() == {"faults": []}
+
+
+@pytest.mark.parametrize(
+    ("fault", "param"),
+    [
+        ({"kind": "earthquake"}, "kind"),
+        ({}, "kind"),
+        ({"kind": "latency", "ttft_multiplier": "x"}, "ttft_multiplier"),
+        ({"kind": "errors", "rate": 1.5}, "rate"),
+        ({"kind": "errors", "mode": "teapot"}, "mode"),
+        ({"kind": "latency", "model": "nope"}, "model"),
+        ({"kind": "latency", "duration_s": -1}, "duration_s"),
+        ({"kind": "stall"}, "stall_s"),
+        ({"kind": "outage", "ttft_multiplier": 2}, "ttft_multiplier"),
+    ],
+)
+def test_bad_faults_get_400_naming_the_field(sim: SimProcess, fault: dict[str, Any], param: str) -> None:
+    r = _add_fault(sim, fault)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert param in r.json()["error"]["message"]
+
+
+def test_latency_fault_raises_ttft_until_deleted(sim: SimProcess) -> None:
+    body = {"model": "chaos", "prompt": "x", "max_tokens": 2}
+    before = _run(_stream(f"{sim.base_url}/completions", body))["ttft"]
+    r = _add_fault(sim, {"kind": "latency", "model": "chaos", "ttft_add_s": 0.2, "id": "slow-chaos"})
+    assert r.status_code == 201 and r.json()["id"] == "slow-chaos"
+    listed = httpx.get(f"{sim.url}/admin/faults", headers=AUTH, timeout=10).json()["faults"]
+    assert [f["id"] for f in listed] == ["slow-chaos"] and listed[0]["remaining_s"] is None
+    assert _add_fault(sim, {"kind": "latency", "id": "slow-chaos"}).status_code == 409
+    try:
+        during = _run(_stream(f"{sim.base_url}/completions", body))["ttft"]
+    finally:
+        assert httpx.delete(f"{sim.url}/admin/faults/slow-chaos", headers=AUTH, timeout=10).status_code == 200
+    after = _run(_stream(f"{sim.base_url}/completions", body))["ttft"]
+    assert during >= before + 0.18, (before, during)
+    assert after < 0.1
+    assert httpx.delete(f"{sim.url}/admin/faults/slow-chaos", headers=AUTH, timeout=10).status_code == 404
+
+
+def _5xx(sim: SimProcess, handler: str) -> float:
+    return _sample(_metrics(sim), "http_requests", "http_requests_total", handler=handler, status="5xx")
+
+
+def test_http_500_fault_counts_5xx_not_finished_requests(sim: SimProcess) -> None:
+    errors_before = _5xx(sim, "/v1/chat/completions")
+    finished_before = sum(
+        s.value for s in _metrics(sim)["vllm:request_success"].samples if s.labels["model_name"] == "chaos"
+    )
+    r = _add_fault(sim, {"kind": "errors", "rate": 1.0, "model": "chaos"})
+    try:
+        with openai.OpenAI(base_url=sim.base_url, api_key="x", max_retries=0) as client:
+            for _ in range(2):
+                with pytest.raises(openai.InternalServerError) as info:
+                    client.chat.completions.create(model="chaos", messages=[{"role": "user", "content": "x"}])
+                assert info.value.status_code == 500
+            ok = client.chat.completions.create(
+                model="fast", messages=[{"role": "user", "content": "x"}], max_tokens=1
+            )  # the fault is scoped to one model
+            assert ok.choices[0].message.content == " tok"
+    finally:
+        httpx.delete(f"{sim.url}/admin/faults/{r.json()['id']}", headers=AUTH, timeout=10)
+    assert _5xx(sim, "/v1/chat/completions") == errors_before + 2
+    finished = sum(
+        s.value for s in _metrics(sim)["vllm:request_success"].samples if s.labels["model_name"] == "chaos"
+    )
+    assert finished == finished_before
+
+
+def test_abort_stream_fault_cuts_streams_and_counts_abort(sim: SimProcess) -> None:
+    aborts = _abort_count(sim, "chaos")
+    errors_before = _5xx(sim, "/v1/completions")
+    r = _add_fault(
+        sim,
+        {
+            "kind": "errors",
+            "mode": "abort_stream",
+            "rate": 1.0,
+            "abort_after_tokens": 3,
+            "model": "chaos",
+            "duration_s": 30,
+        },
+    )
+    fault_id = r.json()["id"]
+    try:
+        result = _run(
+            _stream(
+                f"{sim.base_url}/chat/completions",
+                {"model": "chaos", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10},
+            )
+        )
+        with (
+            openai.OpenAI(base_url=sim.base_url, api_key="x", max_retries=0) as client,
+            pytest.raises((openai.APIError, httpx.HTTPError)),
+        ):
+            list(client.completions.create(model="chaos", prompt="x", max_tokens=10, stream=True))
+        # A full (non-streaming) answer cannot be cut in half: the connection closes with no answer.
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(
+                f"{sim.base_url}/completions",
+                json={"model": "chaos", "prompt": "x", "max_tokens": 4},
+                timeout=10,
+            )
+    finally:
+        httpx.delete(f"{sim.url}/admin/faults/{fault_id}", headers=AUTH, timeout=10)
+    assert len(result["times"]) == 3 and not result["clean"] and result["error"] is not None
+    _wait_for(lambda: _abort_count(sim, "chaos") >= aborts + 3)
+    assert _5xx(sim, "/v1/completions") == errors_before  # the cut streams had answered 200
+
+
+def test_stall_fault_pauses_the_stream(sim: SimProcess) -> None:
+    r = _add_fault(sim, {"kind": "stall", "model": "chaos", "stall_s": 0.25, "at_token": 2})
+    try:
+        result = _run(
+            _stream(f"{sim.base_url}/completions", {"model": "chaos", "prompt": "x", "max_tokens": 4})
+        )
+    finally:
+        httpx.delete(f"{sim.url}/admin/faults/{r.json()['id']}", headers=AUTH, timeout=10)
+    t = result["times"]
+    assert len(t) == 4 and t[2] - t[1] >= 0.24 and t[1] - t[0] < 0.1, t
+
+
+def test_client_disconnect_counts_as_abort(sim: SimProcess) -> None:
+    aborts = _abort_count(sim, "chaos")
+    result = _run(
+        _stream(
+            f"{sim.base_url}/completions", {"model": "chaos", "prompt": "x", "max_tokens": 400}, read_tokens=2
+        )
+    )
+    assert len(result["times"]) == 2
+    _wait_for(lambda: _abort_count(sim, "chaos") >= aborts + 1)
+    running = _sample(
+        _metrics(sim), "vllm:num_requests_running", "vllm:num_requests_running", model_name="chaos"
+    )
+    assert running == 0
+
+
+def test_outage_fails_requests_turns_health_503_and_ends_by_itself() -> None:
+    # This server takes its admin token from the environment.
+    env = {**__import__("os").environ, "FORGE_SLO_SIM_ADMIN_TOKEN": "envtok"}
+    with SimProcess(env=env) as sim:
+        headers = {"Authorization": "Bearer envtok"}
+        assert _get(f"{sim.url}/health").status_code == 200
+        with openai.OpenAI(base_url=sim.base_url, api_key="x", max_retries=0) as client:
+            client.completions.create(model="sim-llama", prompt="x", max_tokens=2)
+            assert _add_fault(sim, {"kind": "outage"}).status_code == 401
+            r = _add_fault(sim, {"kind": "outage", "duration_s": 1.0}, headers=headers)
+            assert r.status_code == 201 and 0 < r.json()["remaining_s"] <= 1.0
+            for _ in range(3):
+                with pytest.raises(openai.InternalServerError):
+                    client.completions.create(model="sim-llama", prompt="x", max_tokens=2)
+            assert _get(f"{sim.url}/health").status_code == 503
+            fams = _metrics(sim)
+            assert (
+                _sample(fams, "http_requests", "http_requests_total", handler="/v1/completions", status="5xx")
+                == 3
+            )
+            finished = sum(s.value for s in fams["vllm:request_success"].samples)
+            assert finished == 1  # a 500 is not a finished request
+            _wait_for(lambda: _get(f"{sim.url}/health").status_code == 200, timeout=3)
+            assert httpx.get(f"{sim.url}/admin/faults", headers=headers, timeout=10).json() == {"faults": []}
+            r2 = client.completions.create(model="sim-llama", prompt="x", max_tokens=2)
+            assert r2.choices[0].text == " tok tok"
+    assert sim.returncode == 0  # SIGTERM is a clean stop
+    assert "first-token scheduling lag" in sim.log_text()
+
+
+def test_port_in_use_exits_1(sim: SimProcess) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "forge_slo.sim", "--port", str(sim.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{sim.port}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gauges_follow_running_requests_and_kv_cache() -> None:
+    config = parse_sim_config(
+        {
+            "models": [
+                _model("m", prefill_base_s=0.01, itl_s=0.02, max_num_seqs=1, kv_cache_tokens=100),
+            ]
+        }
+    )
+
+    async def go() -> tuple[dict[str, float], dict[str, float]]:
+        async with SimServer(config) as server, aiohttp.ClientSession() as session:
+            body = {"model": "m", "prompt": "x" * 160, "max_tokens": 20, "stream": True}  # 40 prompt tokens
+            resp = await session.post(f"{server.url}/v1/completions", json=body)
+            other = asyncio.create_task(session.post(f"{server.url}/v1/completions", json=body))
+            await resp.content.readline()
+            await asyncio.sleep(0.1)
+            async with session.get(f"{server.url}/metrics") as m:
+                fams = {f.name: f for f in text_string_to_metric_families(await m.text())}
+            during = {
+                n: fams[n].samples[0].value
+                for n in (
+                    "vllm:num_requests_running",
+                    "vllm:num_requests_waiting",
+                    "vllm:kv_cache_usage_perc",
+                )
+            }
+            await resp.read()
+            resp.release()
+            second = await other
+            await second.read()
+            second.release()
+            async with session.get(f"{server.url}/metrics") as m:
+                fams = {f.name: f for f in text_string_to_metric_families(await m.text())}
+            after = {n: fams[n].samples[0].value for n in during}
+            return during, after
+
+    during, after = _run(go())
+    assert during["vllm:num_requests_running"] == 1 and during["vllm:num_requests_waiting"] == 1
+    assert 0.42 <= during["vllm:kv_cache_usage_perc"] <= 0.5  # 40 prompt + a few generated of 100
+    assert after == dict.fromkeys(after, 0.0)
+
+
+def test_tracing_exporters_start_and_stop() -> None:
+    from forge_slo.sim.config import TracingConfig
+    from forge_slo.sim.tracing import Tracing
+
+    for cfg in (TracingConfig("console"), TracingConfig("otlp", "http://127.0.0.1:9/v1/traces")):
+        tracing = Tracing(cfg, 0.0)
+        assert tracing.enabled
+        tracing.shutdown()
+    off = Tracing(TracingConfig(), 0.0)
+    assert not off.enabled and off.extract({"traceparent": "x"}) is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tracing (in-process, with an in-memory exporter)
+
+
+def test_spans_follow_the_incoming_traceparent() -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    config = parse_sim_config({"models": [_model("m", prefill_base_s=0.01, itl_s=0.002)]})
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    async def go() -> None:
+        async with SimServer(config, span_exporter=exporter) as server, aiohttp.ClientSession() as session:
+            resp = await session.post(
+                f"{server.url}/v1/completions",
+                json={"model": "m", "prompt": "hi", "max_tokens": 3},
+                headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            )
+            assert resp.status == 200
+            await resp.read()
+            resp.release()
+
+    _run(go())
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"POST /v1/completions", "queued", "prefill", "decode"}
+    root = spans["POST /v1/completions"]
+    assert format(root.context.trace_id, "032x") == trace_id
+    assert root.parent is not None and format(root.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert root.attributes["gen_ai.usage.output_tokens"] == 3
+    assert root.attributes["gen_ai.response.finish_reasons"] == ("length",)
+    for child in ("queued", "prefill", "decode"):
+        assert spans[child].parent.span_id == root.context.span_id
+    assert spans["prefill"].end_time - spans["prefill"].start_time >= 9_000_000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "sim.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_config_file_loads_with_models_faults_and_tracing(tmp_path: Path) -> None:
+    cfg = load_sim_config(
+        _write(
+            tmp_path,
+            """\
+seed: 3
+models:
+  - name: small
+    itl_s: 0.01
+    itl_distribution: lognormal
+    output_tokens: {distribution: uniform, min: 4, max: 9}
+  - name: big
+    max_num_seqs: 8
+faults:
+  - {kind: latency, model: big, ttft_multiplier: 2, duration_s: 60}
+tracing:
+  exporter: off
+""",
+        )
+    )
+    assert [m.name for m in cfg.models] == ["small", "big"]
+    assert cfg.models[0].output_tokens == OutputTokens("uniform", 4, 9)
+    assert cfg.faults[0].model == "big" and cfg.tracing.exporter == "off"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "words"),
+    [
+        ("models:\n  - name: a\n    itl_sec: 0.1\n", 3, "models[0].itl_sec", "did you mean 'itl_s'"),
+        ("models:\n  - name: a\n    max_num_seqs: lots\n", 3, "models[0].max_num_seqs", "integer"),
+        ("models:\n  - name: a\n    max_num_seqs: true\n", 3, "models[0].max_num_seqs", "integer"),
+        ("models:\n  - name: a\n  - name: a\n", 3, "models[1].name", "duplicate"),
+        ("seed: 1\nfaults:\n  - kind: errors\n    rate: 2\n", 4, "faults[0].rate", "<= 1"),
+        ("faults:\n  - kind: latency\n    model: ghost\n", 3, "faults[0].model", "unknown model"),
+        ("tracing:\n  exporter: jaeger\n", 2, "tracing.exporter", "one of"),
+        ("models: {name: a}\n", 1, "models", "list"),
+        (
+            "models:\n  - name: a\n    output_tokens: {distribution: uniform, min: 9, max: 2}\n",
+            3,
+            "models[0].output_tokens.max",
+            ">= min",
+        ),
+    ],
+)
+def test_bad_config_names_file_line_and_field(
+    tmp_path: Path, text: str, line: int, field: str, words: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_sim_config(path)
+    err = info.value
+    assert (err.file, err.line, err.field) == (path, line, field)
+    assert words in err.reason
+
+
+def test_invalid_yaml_is_a_spec_error_with_a_line(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_sim_config(_write(tmp_path, "models:\n  - name: [a\n"))
+    assert info.value.line is not None and "invalid YAML" in info.value.reason
+
+
+def test_bad_config_file_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = _write(tmp_path, "models:\n  - name: a\n    prefill_base_s: fast\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "forge_slo.sim", "--port", "0", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert f"{path}:3: models[0].prefill_base_s: must be a number" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_itl_samples_are_seeded_and_keep_their_mean() -> None:
+    def samples(dist: str) -> list[float]:
+        cfg = ModelConfig(name="m", itl_s=0.02, itl_distribution=dist, itl_stddev_s=0.005)  # type: ignore[arg-type]
+        loop = asyncio.new_event_loop()
+        try:
+            engine = ModelEngine(cfg, 11, loop, LagStats(), TokenClock(loop))
+            return [engine.sample_itl() for _ in range(4000)]
+        finally:
+            loop.close()
+
+    for dist in ("normal", "lognormal"):
+        a, b = samples(dist), samples(dist)
+        assert a == b
+        mean = sum(a) / len(a)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in a) / len(a))
+        assert abs(mean - 0.02) < 0.001 and abs(sd - 0.005) < 0.001, (dist, mean, sd)
+    assert set(samples("fixed")) == {0.02}
+    loop = asyncio.new_event_loop()
+    try:
+        cfg = ModelConfig(name="m", itl_s=0.02, itl_distribution="fixed", batch_slowdown=0.5, max_num_seqs=10)
+        engine = ModelEngine(cfg, 0, loop, LagStats(), TokenClock(loop))
+        engine.running = 10  # a full batch decodes slower
+        assert engine.sample_itl() == pytest.approx(0.03)
+    finally:
+        loop.close()
+
+
+def test_outage_cuts_running_streams() -> None:
+    config = parse_sim_config({"models": [_model("m", prefill_base_s=0.01, itl_s=0.01)]})
+
+    async def go() -> tuple[dict[str, Any], int, float]:
+        async with SimServer(config) as server, aiohttp.ClientSession() as session:
+            url = f"{server.url}/v1/completions"
+            running = asyncio.create_task(_stream(url, {"model": "m", "prompt": "x", "max_tokens": 500}))
+            await asyncio.sleep(0.2)
+            async with session.post(f"{server.url}/admin/faults", json={"kind": "outage"}) as r:
+                assert r.status == 201
+            result = await running
+            async with session.get(f"{server.url}/health") as h:
+                health = h.status
+            aborts = server.engines["m"].metrics.success["abort"]
+            return result, health, aborts
+
+    result, health, aborts = _run(go())
+    assert 5 <= len(result["times"]) < 500 and not result["clean"] and result["error"] is not None
+    assert health == 503 and aborts == 1
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+@pytest.mark.parametrize(("n", "per_chunk"), [(1, 1), (2, 1), (7, 1), (7, 3), (2, 3)])
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_stream_frames_are_openai_chunks(kind: str, n: int, per_chunk: int, include_usage: bool) -> None:
+    from forge_slo.sim.wire import Identity, stream_frames
+
+    ident = Identity(kind, "cmpl-1", 1700000000, 'm"odel')  # type: ignore[arg-type]
+    first, mid, last = stream_frames(ident, " tok", per_chunk, n, "length", 11, include_usage)
+    chunks = n // per_chunk + (1 if n % per_chunk else 0)
+    body = first if chunks == 1 else first + mid * (chunks - 2) + last
+    events: list[bytes] = []
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        length = int(size, 16)
+        assert rest[length : length + 2] == b"\r\n"
+        events += [e for e in rest[:length].split(b"\n\n") if e]
+        body = rest[length + 2 :]
+    assert events[-1] == b"data: [DONE]"
+    parsed = [json.loads(e[6:]) for e in events[:-1]]
+    for raw, obj in zip(events, parsed, strict=False):  # compact JSON, keys in OpenAI's order
+        assert raw[6:] == json.dumps(obj, separators=(",", ":")).encode()
+    obj_name = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    assert {(p["id"], p["object"], p["created"], p["model"]) for p in parsed} == {
+        ("cmpl-1", obj_name, 1700000000, 'm"odel')
+    }
+    if include_usage:
+        usage_chunk = parsed.pop()
+        assert usage_chunk["choices"] == []
+        assert usage_chunk["usage"] == {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}
+    final = parsed.pop()["choices"][0]
+    assert final["finish_reason"] == "length"
+    if kind == "chat":
+        assert parsed.pop(0)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        texts = [p["choices"][0]["delta"]["content"] for p in parsed]
+        assert final["delta"] == {}
+    else:
+        texts = [p["choices"][0]["text"] for p in parsed]
+        assert final["text"] == ""
+    assert "".join(texts) == " tok" * n and len(texts) == chunks
+    assert all(p["choices"][0]["finish_reason"] is None for p in parsed)
+
+
+def test_lag_histogram_quantiles_round_up_to_their_bin() -> None:
+    from forge_slo.sim.metrics import LagHistogram
+
+    h = LagHistogram()
+    for ms in [0.0] * 98 + [3.0, 250.0]:
+        h.record(ms / 1000)
+    s = h.summary()
+    assert s["count"] == 100 and s["max"] == 0.25
+    assert s["p50"] == pytest.approx(0.00005)  # upper edge of the bin holding 0
+    assert s["p99"] == pytest.approx(0.00305)
+    assert s["p999"] == pytest.approx(0.1)  # beyond the last bin: its edge, and max tells the rest
+    empty = LagHistogram().summary()
+    assert empty["count"] == 0 and empty["p99"] == 0.0
