@@ -225,8 +225,9 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     ours = rows[0][1]
+    version = subprocess.run(["prometheus", "--version"], capture_output=True, text=True).stdout.split()[2]
     print(f"\n{args.days}-day SLI of {args.pods} pods at 1-minute resolution, exact error ratio {truth:.6%} "
-          f"(Prometheus {subprocess.run(['prometheus', '--version'], capture_output=True, text=True).stdout.split()[2]})")
+          f"(Prometheus {version})")
     print(f"{'method':<46}{'query ms':>10}{'x forge-slo':>12}{'error ratio':>13}{'rel. error':>12}")
     for name, seconds, value in rows:
         rel = (value - truth) / truth
