@@ -46,18 +46,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="write nothing; exit 1 if DIR differs from what the specs compile to (for CI)")
     p.set_defaults(func=cmd_compile)
 
+    from forge_slo.sim.command import DESCRIPTION as SIM_DESCRIPTION
+    from forge_slo.sim.command import EPILOG as SIM_EPILOG
+    from forge_slo.sim.command import build_parser as sim_flags
+    from forge_slo.sim.command import main_from_args as simulate
+
     p = sub.add_parser("simulate", help="run the OpenAI-compatible inference simulator (vLLM metrics, faults)",
-                       description="Serve an OpenAI-compatible API that behaves like a vLLM server without a GPU: "
-                                   "streaming completions with configurable TTFT and TPOT, vLLM's /metrics, "
-                                   "and faults on demand through /admin/faults.", epilog=EPILOG)
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--config", metavar="FILE", help="simulator YAML config (models, timing, faults, tracing)")
-    p.add_argument("--admin-token", metavar="TOKEN",
-                   help="require 'Authorization: Bearer TOKEN' on /admin (also FORGE_SLO_SIM_ADMIN_TOKEN)")
-    p.add_argument("--ready-file", metavar="FILE",
-                   help="write {\"host\", \"port\", \"pid\"} as JSON here once listening (for scripts using --port 0)")
-    p.set_defaults(func=cmd_simulate)
+                       description=SIM_DESCRIPTION, epilog=SIM_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    sim_flags(p)
+    p.set_defaults(func=simulate)
 
     p = sub.add_parser("prometheus-config", help="write a Prometheus config that scrapes targets and loads rules",
                        description="Write a prometheus.yml that scrapes the given targets and loads the rule files "
@@ -136,16 +134,6 @@ def cmd_prometheus_config(args: argparse.Namespace) -> int:
         args.out.write_text(text, encoding="utf-8")
         print(f"wrote {args.out}")
     return 0
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from forge_slo.errors import UsageError
-    from forge_slo.sim import run_simulator
-
-    if not 0 <= args.port < 65536:
-        raise UsageError(f"--port: {args.port} is not a port number (1-65535, or 0 for any free port)")
-    return run_simulator(port=args.port, host=args.host, config_path=args.config, admin_token=args.admin_token,
-                         ready_file=args.ready_file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

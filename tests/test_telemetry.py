@@ -449,10 +449,11 @@ def test_example_fleets_load(path: Path) -> None:
 def test_the_readme_fleet_example_loads() -> None:
     import re
 
-    text = (REPO / "forge_slo" / "telemetry" / "README_SECTION.md").read_text()
+    text = (REPO / "README.md").read_text()
+    text = text[text.index("### Fake fleets"):]
     block = re.search(r"```yaml\n(.*?)```", text, re.S)
     assert block is not None
-    config = parse_fleet(block.group(1), "README_SECTION.md")
+    config = parse_fleet(block.group(1), "README.md")
     assert len(config.gpus) == 8 and len(config.faults) == 8
 
 

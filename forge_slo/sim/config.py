@@ -47,7 +47,7 @@ class OutputTokens:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Timing model of one served model. See README_SECTION.md for the formulas."""
+    """Timing model of one served model. See the README, "Timing model", for the formulas."""
 
     name: str = DEFAULT_MODEL_NAME
     max_num_seqs: int = 256

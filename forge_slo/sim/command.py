@@ -1,0 +1,50 @@
+"""The simulator's flags, shared by ``forge-slo simulate`` and ``python -m forge_slo.sim``."""
+
+from __future__ import annotations
+
+import argparse
+
+from forge_slo.errors import UsageError
+
+DESCRIPTION = (
+    "An OpenAI-compatible LLM inference simulator that behaves like a vLLM server without a GPU: continuous "
+    "batching with a FIFO queue, configurable TTFT and time per output token, vLLM's Prometheus metrics and "
+    "bucket bounds, fault injection and OpenTelemetry spans."
+)
+
+EPILOG = """\
+endpoints:
+  POST /v1/chat/completions, POST /v1/completions   OpenAI wire format, streaming (SSE) or not
+  GET  /v1/models, /health (503 during an outage), /metrics (vLLM's series and buckets)
+  GET|POST|DELETE /admin/faults[/ID]                inject latency, errors, stalls, outages
+  GET  /debug/stats[?reset=1]                      the simulator's own scheduling lag
+
+examples:
+  forge-slo simulate --port 8000
+  forge-slo simulate --port 0 --config sim.yaml --ready-file /tmp/sim.json
+  curl -X POST localhost:8000/admin/faults -d '{"kind": "outage", "duration_s": 30}'
+
+exit codes: 0 stopped by a signal, 1 could not serve (port in use), 2 bad config file or flag.
+"""
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="simulator YAML config (models, faults, tracing); without it one model, sim-llama, "
+                             "with default timings")
+    parser.add_argument("--admin-token", metavar="TOKEN",
+                        help="require 'Authorization: Bearer TOKEN' on /admin "
+                             "(also $FORGE_SLO_SIM_ADMIN_TOKEN or the config's admin_token)")
+    parser.add_argument("--ready-file", metavar="FILE", help="write {host, port, pid} as JSON here once listening")
+    return parser
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    from forge_slo.sim.server import run_simulator
+
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"--port: {args.port} is not a port number (1-65535, or 0 for any free port)")
+    return run_simulator(args.port, args.host, args.config, admin_token=args.admin_token,
+                         ready_file=args.ready_file)
