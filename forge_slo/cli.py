@@ -10,7 +10,8 @@ from pathlib import Path
 from forge_slo import __version__
 from forge_slo.errors import ForgeError, SpecErrors
 
-EPILOG = "Exit codes: 0 success, 1 failure (stale output, runner error), 2 bad input (spec, flags), 3 source error."
+EPILOG = ("Exit codes: 0 success, 1 failure (stale output, an SLO missed, a canary failed, a runner error), "
+          "2 bad input (spec, flags), 3 a source error or an inconclusive canary.")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job", default="forge-slo", help="job label of the targets (default forge-slo)")
     p.add_argument("--out", "-o", type=Path, metavar="FILE", help="write here instead of standard output")
     p.set_defaults(func=cmd_prometheus_config)
+
+    from forge_slo.canary import command as canary
+
+    p = sub.add_parser("canary", help="judge a canary against its baseline on the spec's SLIs",
+                       description=canary.CANARY_DESCRIPTION, epilog=EPILOG)
+    canary.build_canary_parser(p)
+    p.set_defaults(func=canary.canary_from_args)
+    p = sub.add_parser("gate", help="serve the canary judge to Argo Rollouts and Flagger (gate serve)",
+                       description=canary.GATE_DESCRIPTION, epilog=EPILOG)
+    canary.build_gate_parser(p)
+    p.set_defaults(func=canary.gate_from_args)
 
     from forge_slo.telemetry.command import DESCRIPTION as GPU_DESCRIPTION
     from forge_slo.telemetry.command import build_parser as gpu_flags

@@ -99,8 +99,12 @@ class PrometheusHandle:
 
 def start_prometheus(tmp_path: Path, scrape_targets: list[str], rule_files: Sequence[Path] = (),
                      interval: str = "1s", *, job: str = "forge-slo-test",
-                     startup_timeout: float = 30.0) -> PrometheusHandle:
-    """Start Prometheus scraping ``scrape_targets`` (host:port) every ``interval``, with ``rule_files``."""
+                     startup_timeout: float = 30.0,
+                     target_labels: dict[str, dict[str, str]] | None = None) -> PrometheusHandle:
+    """Start Prometheus scraping ``scrape_targets`` (host:port) every ``interval``, with ``rule_files``.
+
+    ``target_labels`` maps a target to labels Prometheus adds to all its series (e.g. ``deployment``).
+    """
     workdir = tmp_path / f"prometheus-{free_port()}"
     workdir.mkdir(parents=True)
     config = {
@@ -108,6 +112,9 @@ def start_prometheus(tmp_path: Path, scrape_targets: list[str], rule_files: Sequ
         "rule_files": [str(Path(p).resolve()) for p in rule_files],
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(scrape_targets)}]}],
     }
+    if target_labels is not None:
+        config["scrape_configs"] = [{"job_name": job, "static_configs": [
+            {"targets": [target], "labels": dict(target_labels.get(target, {}))} for target in scrape_targets]}]
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=True))
     port = free_port()

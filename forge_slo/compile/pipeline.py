@@ -10,7 +10,7 @@ from forge_slo.compile import promtool_tests, rules, yamlout
 from forge_slo.spec.model import ServiceSpec
 
 FORMATS = ("prometheus", "prometheus-operator")
-OWNED_DIRS = ("prometheus", "promtool-tests", "grafana")
+OWNED_DIRS = ("prometheus", "promtool-tests", "grafana", "rollouts")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ def compile_specs(specs: Sequence[ServiceSpec], fmt: str = "prometheus", dashboa
                                              yamlout.dump(doc, header(spec))))
         else:
             result.artifacts.append(Artifact(rules_path, yamlout.dump(operator_document(spec), header(spec))))
+    from forge_slo.compile.rollouts import rollout_artifacts
+
+    result.artifacts.extend(rollout_artifacts(specs))
     if dashboards:
         from forge_slo.compile.dashboards import dashboard_artifacts
 

@@ -1,0 +1,542 @@
+"""The canary judge and gate, used as a user would: the CLI on records and Prometheus, the gate over HTTP,
+simulators scraped by a real Prometheus, and the statistics' guarantees checked by simulation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import promql_parser
+import pytest
+import yaml
+from prom_fixture import PrometheusHandle, free_port, prometheus_available, start_prometheus
+from scipy import stats as scipy_stats
+
+from forge_slo.canary import checks, stats
+from forge_slo.canary.model import JudgeConfig
+from forge_slo.canary.selectors import SelectorError, parse_selector
+from forge_slo.compile.rollouts import rollout_artifacts
+from forge_slo.sim import SimProcess
+from forge_slo.sources.records import RequestRecord
+from forge_slo.spec import load_specs
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "gate-s3cret"
+SPEC = """\
+apiVersion: forge-slo/v1
+kind: ServiceSLO
+service: sim
+preset: vllm
+slos:
+  - name: ttft
+    objective: 99
+    sli: {latency: {metric: ttft, threshold: 0.25}}
+  - name: availability
+    objective: 99.9
+    sli: {availability: {}}
+  - name: gateway
+    objective: 99
+    sli:
+      ratio:
+        errors: sum(rate(http_requests_total{code=~"5.."}[{{window}}]))
+        total: sum(rate(http_requests_total[{{window}}]))
+"""
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "sim.yaml"
+    path.write_text(SPEC, encoding="utf-8")
+    return path
+
+
+def canary_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forge_slo.canary", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def write_records(path: Path, n: int, *, seed: int, scale: float = 1.0, error_rate: float = 0.0,
+                  arm: str = "", rate_per_s: float = 5.0, errors_exact: int | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    failing = set(rng.choice(n, errors_exact, replace=False).tolist()) if errors_exact is not None else None
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n):
+            ok = (i not in failing) if failing is not None else bool(rng.random() >= error_rate)
+            ttft = float(0.2 * math.exp(0.5 * rng.standard_normal()) * scale)
+            out.write(RequestRecord(start_time=1_700_000_000.0 + i / rate_per_s, model="m", ok=ok,
+                                    status=200 if ok else 500, error_kind=None if ok else "http",
+                                    ttft_s=ttft if ok else None, e2e_s=ttft + 1.0 if ok else None,
+                                    arm=arm).to_json() + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+def test_mann_whitney_auc_matches_scipy_and_the_shift_interval_covers_the_truth() -> None:
+    rng = np.random.default_rng(1)
+    base, can = rng.lognormal(0.0, 0.5, 3000), rng.lognormal(math.log(1.2), 0.5, 2500)
+    grid = stats.log_grid(np.concatenate([base, can]))
+    cb, cc = stats.bin_counts(grid, base), stats.bin_counts(grid, can)
+    for ratio in (1.0, 1.1, 1.2, 1.3):
+        expected = scipy_stats.mannwhitneyu(can, base * ratio).statistic / (base.size * can.size)
+        assert float(stats.auc(grid, cb, cc, ratio)) == pytest.approx(expected, abs=2e-4)
+    estimate, low, high = stats.shift_interval(grid, cb, cc, 3.5)
+    assert low < 1.2 < high and estimate == pytest.approx(1.2, abs=0.03)
+
+
+def test_rate_sequence_handles_zero_errors_and_quantile_sequence_covers() -> None:
+    low, high = stats.rate_cs(np.array([0.0, 10.0]), np.array([5000.0, 5000.0]), 0.001)
+    assert low[0] == 0.0 and 0 < high[0] < 0.003  # zero errors: a finite upper bound
+    assert low[1] < 0.002 < high[1]
+    rng = np.random.default_rng(2)
+    values = rng.lognormal(0.0, 0.5, 20000)
+    grid = stats.log_grid(values)
+    lo, hi = stats.quantile_cs(grid, stats.bin_counts(grid, values), 0.99, 0.001, 1000)
+    true_p99 = math.exp(0.5 * 2.3263478740408408)
+    assert float(lo) < true_p99 < float(hi) and float(hi) / float(lo) < 1.15
+
+
+def _looked_at_every_minute(config: JudgeConfig, canaries: int, scale: float, seed: int) -> np.ndarray:
+    """Fail flags of canaries (rows) at each of 30 per-minute looks, 5 requests/s per arm."""
+    rng = np.random.default_rng(seed)
+    grid = np.concatenate([0.2 * 1.01 ** np.arange(-300, 301), [np.inf]])
+    policy = config.policy("ttft", "shift")
+    flags = []
+    for chunk in range(0, canaries, 50):
+        size = min(50, canaries - chunk)
+        hist = []
+        for factor in (1.0, scale):
+            n = rng.poisson(300, (size, 30))
+            cells = np.repeat(np.arange(size * 30), n.ravel())
+            values = 0.2 * np.exp(0.5 * rng.standard_normal(cells.size)) * factor
+            idx = np.clip(np.searchsorted(grid, values), 0, grid.size - 1)
+            per_minute = np.bincount(cells * grid.size + idx, minlength=size * 30 * grid.size)
+            hist.append(np.cumsum(per_minute.reshape(size, 30, grid.size), axis=1, dtype=np.float64))
+        flags.append(checks.shift_check(grid, hist[0], hist[1], policy, config.alpha, config.design_samples,
+                                        config.min_samples).fail)
+    return np.concatenate(flags)
+
+
+def test_identical_canaries_looked_at_every_minute_rarely_fail_and_a_slow_one_is_caught() -> None:
+    """The anytime guarantee: one check at alpha 0.01, looked at 30 times, still fails clean canaries rarely."""
+    config = JudgeConfig()
+    same = _looked_at_every_minute(config, 300, 1.0, seed=3)
+    assert same.any(axis=1).mean() <= 0.02
+    slow = _looked_at_every_minute(config, 100, 1.15, seed=4)
+    assert slow.any(axis=1).mean() >= 0.95
+
+
+def test_ten_checks_share_alpha_and_identical_arms_do_not_fail() -> None:
+    """The chat example has 10 checks (3 latencies x shift/p90/p99 + errors): each gets alpha / 10."""
+    from forge_slo.canary.judge import judge_source
+    from forge_slo.canary.sources import RecordsSource
+
+    chat = next(s for s in load_specs([str(REPO / "slo_specs" / "chat.yaml")]) if s.service == "chat")
+    rng = np.random.default_rng(5)
+
+    def arm(name: str) -> list[RequestRecord]:
+        out = []
+        for i in range(2500):
+            ttft, tpot = float(rng.lognormal(-1.6, 0.5)), float(rng.lognormal(-3.9, 0.3))
+            out.append(RequestRecord(start_time=1e9 + i / 5, model="m", ok=True, status=200, ttft_s=ttft,
+                                     tpot_s=tpot, e2e_s=ttft + 200 * tpot, arm=name))
+        return out
+
+    verdict = judge_source(chat, RecordsSource(arm("baseline"), arm("canary")), JudgeConfig(), start=1e9,
+                           end=1e9 + 500, complete=True, window_seconds=500)
+    assert len(verdict.checks) == 10 and verdict.alpha_per_check == pytest.approx(0.001)
+    assert verdict.verdict != "fail" and [s.name for s in verdict.skipped] == ["gateway-errors.errors"]
+
+
+# ----------------------------------------------------------------------------------------------- selectors
+
+def test_selectors_parse_to_equality_matchers_and_refuse_bad_input() -> None:
+    assert dict(parse_selector("deployment=canary, namespace=prod")) == {"deployment": "canary", "namespace": "prod"}
+    assert dict(parse_selector('team="a,b \\"x\\""')) == {"team": 'a,b "x"'}
+    for bad, words in [("", "empty"), ("deployment", "no '=value'"), ("1abc=x", "not a valid label name"),
+                       ("a=x,a=y", "twice"), ("le=0.5", "histogram label"), ("a=~x", "only equality"),
+                       ("a=", "empty"), ("a=x,", "comma")]:
+        with pytest.raises(SelectorError, match=words):
+            parse_selector(bad)
+
+
+# ---------------------------------------------------------------------------------------------- CLI, records
+
+def test_records_slow_canary_fails_and_identical_does_not(tmp_path: Path, spec_file: Path) -> None:
+    base = write_records(tmp_path / "base.jsonl", 3000, seed=1, error_rate=0.001)
+    slow = write_records(tmp_path / "slow.jsonl", 3000, seed=2, scale=1.3, error_rate=0.001)
+    same = write_records(tmp_path / "same.jsonl", 3000, seed=3, error_rate=0.001)
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(slow),
+                     "--json")
+    assert run.returncode == 1, run.stderr
+    verdict = json.loads(run.stdout)
+    assert verdict["verdict"] == "fail" and verdict["decision"] == "rollback"
+    shift = next(m for m in verdict["metrics"] if m["name"] == "ttft.shift")
+    assert shift["status"] == "fail" and shift["critical"]
+    assert shift["estimate"] == pytest.approx(0.3, abs=0.05)
+    assert shift["interval"][0] > shift["allowed"] == 0.05
+    assert shift["baseline"]["samples"] > 2900 and shift["canary"]["samples"] > 2900
+    assert verdict["alpha_per_check"] == pytest.approx(0.01 / 4)  # ttft x3 + availability; the ratio SLI skipped
+    assert [s["name"] for s in verdict["skipped"]] == ["gateway.errors"]
+    assert "ttft.shift" in verdict["reason"]
+
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(same))
+    assert run.returncode in (0, 3), run.stdout
+    assert "FAIL" not in run.stdout and "ttft.p99" in run.stdout  # the human table lists every check
+
+
+def test_too_little_data_is_inconclusive_never_pass(tmp_path: Path, spec_file: Path) -> None:
+    base = write_records(tmp_path / "base.jsonl", 2000, seed=1)
+    tiny = write_records(tmp_path / "tiny.jsonl", 40, seed=2)
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(tiny),
+                     "--json")
+    assert run.returncode == 3
+    verdict = json.loads(run.stdout)
+    assert verdict["verdict"] == "inconclusive" and verdict["decision"] == "hold"
+    assert "too little data" in verdict["reason"]
+    assert {m["status"] for m in verdict["metrics"]} == {"insufficient"}
+
+
+def test_zero_baseline_errors_do_not_break_the_error_comparison(tmp_path: Path, spec_file: Path) -> None:
+    base = write_records(tmp_path / "base.jsonl", 4000, seed=1, errors_exact=0)
+    bad = write_records(tmp_path / "bad.jsonl", 4000, seed=2, errors_exact=40)
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(bad),
+                     "--json")
+    verdict = json.loads(run.stdout)
+    errors = next(m for m in verdict["metrics"] if m["name"] == "availability.errors")
+    assert errors["status"] == "fail", errors
+    assert errors["estimate"] is None and errors["interval"][1] is None  # infinite ratio, written as null
+    assert errors["baseline"]["value"] == 0 and errors["canary"]["value"] == pytest.approx(0.01)
+    assert run.returncode == 1
+
+
+def test_direction_tolerance_and_advisory_checks(tmp_path: Path, spec_file: Path) -> None:
+    base = write_records(tmp_path / "base.jsonl", 3000, seed=1)
+    fast = write_records(tmp_path / "fast.jsonl", 3000, seed=2, scale=0.7)
+    common = ["--spec", str(spec_file), "--baseline-records", str(base), "--json"]
+    run = canary_cli(*common, "--canary-records", str(fast))
+    assert run.returncode == 0, run.stdout  # faster is not worse by default
+    run = canary_cli(*common, "--canary-records", str(fast), "--direction", "ttft.shift=both")
+    assert run.returncode == 1 and json.loads(run.stdout)["metrics"][0]["direction"] == "both"
+
+    slow = write_records(tmp_path / "slow.jsonl", 3000, seed=3, scale=1.3)
+    run = canary_cli(*common, "--canary-records", str(slow), "--allow", "ttft=50%")
+    assert run.returncode != 1, run.stdout  # 30% slower is inside a 50% tolerance
+    run = canary_cli(*common, "--canary-records", str(slow), "--advisory", "ttft", "--min-score", "20")
+    verdict = json.loads(run.stdout)
+    ttft = [m for m in verdict["metrics"] if m["slo"] == "ttft"]
+    fails = sum(m["status"] == "fail" for m in ttft)
+    assert fails >= 2 and not any(m["critical"] for m in ttft)
+    score = 100 * (4 - fails) / 4  # share of the 4 judged checks that did not fail
+    assert verdict["verdict"] != "fail" and verdict["score"] == score
+    run = canary_cli(*common, "--canary-records", str(slow), "--advisory", "ttft")  # default --min-score 75
+    verdict = json.loads(run.stdout)
+    assert verdict["verdict"] == "fail" and verdict["reason"].startswith(f"score {score:.0f} is below 75")
+
+
+def test_continuous_mode_replays_records_and_stops_at_the_first_fail(tmp_path: Path, spec_file: Path) -> None:
+    base = write_records(tmp_path / "base.jsonl", 9000, seed=1, rate_per_s=5.0)
+    slow = write_records(tmp_path / "slow.jsonl", 9000, seed=2, scale=1.3, rate_per_s=5.0)
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(slow),
+                     "--interval", "1m", "--window", "30m")
+    assert run.returncode == 1
+    looks = [line for line in run.stdout.splitlines() if line.startswith("[")]
+    assert 1 <= len(looks) < 30 and "fail" in looks[-1] and "continue" in looks[0]
+
+
+def test_bad_input_exits_2_with_a_reason(tmp_path: Path, spec_file: Path) -> None:
+    base = write_records(tmp_path / "base.jsonl", 200, seed=1)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(base.read_text().splitlines()[0] + "\n{\"start_time\": 1, \"model\": \"m\"}\n")
+    cases = [
+        (["--baseline-records", str(base), "--canary-records", str(broken)], "broken.jsonl:2: missing field 'ok'"),
+        (["--prometheus", "http://127.0.0.1:1", "--baseline", "deployment=a", "--canary", "deployment"],
+         "--canary: 'deployment' has no '=value'"),
+        (["--prometheus", "http://127.0.0.1:1", "--baseline", "d=a", "--canary", "d=a"], "the same selector"),
+        (["--prometheus", "http://127.0.0.1:1", "--baseline", "d=a"], "--canary is required"),
+        (["--baseline-records", str(base), "--canary-records", str(base), "--allow", "nope=5%"],
+         "--allow: 'nope' names no check"),
+        (["--baseline-records", str(base), "--canary-records", str(base), "--allow", "ttft=lots"],
+         "not a percentage"),
+        (["--baseline-records", str(base), "--canary-records", str(tmp_path / "missing.jsonl")], "missing.jsonl"),
+        (["--baseline-records", str(base), "--prometheus", "http://x"], "two different sources"),
+        ([], "no source"),
+    ]
+    for extra, message in cases:
+        run = canary_cli("--spec", str(spec_file), *extra)
+        assert run.returncode == 2, (extra, run.stdout, run.stderr)
+        assert message in run.stderr and "Traceback" not in run.stderr, run.stderr
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(base),
+                     "--window", "soon")
+    assert run.returncode == 2 and "--window" in run.stderr and "Traceback" not in run.stderr
+
+
+# ------------------------------------------------------------------------------------------ rollout templates
+
+def test_rollout_templates_have_argo_and_flagger_structure() -> None:
+    specs = load_specs([str(REPO / "slo_specs")])
+    artifacts = {a.path: a.content for a in rollout_artifacts(specs)}
+    assert artifacts == {a.path: a.content for a in rollout_artifacts(specs)}  # deterministic
+    chat = specs[[s.service for s in specs].index("chat")]
+    argo = yaml.safe_load(artifacts["rollouts/chat.analysistemplate.yaml"])
+    assert argo["apiVersion"] == "argoproj.io/v1alpha1" and argo["kind"] == "AnalysisTemplate"
+    metric = argo["spec"]["metrics"][0]
+    assert metric["successCondition"] == 'result.verdict == "pass"'
+    assert metric["failureCondition"] == 'result.verdict == "fail"'
+    assert metric["inconclusiveLimit"] == metric["count"] - 1 and metric["failureLimit"] == 0
+    web = metric["provider"]["web"]
+    assert web["jsonPath"] == "{$}" and web["url"].startswith("{{args.gate-url}}/v1/argo?service=chat&")
+    assert {"key": "Authorization", "value": "Bearer {{args.gate-token}}"} in web["headers"]
+    declared = {a["name"] for a in argo["spec"]["args"]}
+    assert {"stable-hash", "canary-hash", "gate-url", "gate-token"} <= declared
+    for used in ("stable-hash", "canary-hash", "gate-url", "gate-token"):
+        assert f"{{{{args.{used}}}}}" in json.dumps(metric)
+
+    flagger = list(yaml.safe_load_all(artifacts["rollouts/chat.metrictemplate.yaml"]))
+    assert [d["metadata"]["name"] for d in flagger] == [f"chat-{s.name}" for s in chat.slos
+                                                        if s.name != "gateway-errors"]
+    for doc in flagger:
+        assert doc["apiVersion"] == "flagger.app/v1beta1" and doc["kind"] == "MetricTemplate"
+        assert doc["spec"]["provider"]["type"] == "prometheus"
+        query = doc["spec"]["query"]
+        assert "{{ interval }}" in query and "{{ target }}" in query
+        filled = query.replace("{{ target }}", "chat").replace("{{ interval }}", "1m")
+        promql_parser.parse(filled)
+    assert "gateway-errors" in artifacts["rollouts/chat.metrictemplate.yaml"].split("apiVersion")[0]
+
+
+# ------------------------------------------------------------------------------------------------ the gate
+
+@dataclass
+class Gate:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_gate(tmp: Path, spec_file: Path, prometheus: str) -> Gate:
+    ready = tmp / f"gate-{free_port()}.json"
+    log = ready.with_suffix(".log")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "forge_slo.canary", "gate", "serve", "--spec", str(spec_file), "--prometheus",
+             prometheus, "--port", "0", "--ready-file", str(ready), "--prometheus-timeout", "3"],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "FORGE_SLO_GATE_TOKEN": TOKEN})
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the gate did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    time.sleep(0.05)
+    port = json.loads(ready.read_text())["port"]
+    return Gate(f"http://127.0.0.1:{port}", process, log)
+
+
+def stop_gate(gate: Gate) -> None:
+    if gate.process.poll() is None:
+        gate.process.send_signal(signal.SIGTERM)
+        try:
+            gate.process.wait(10)
+        except subprocess.TimeoutExpired:
+            gate.process.kill()
+            gate.process.wait()
+
+
+@pytest.fixture(scope="module")
+def dead_gate(tmp_path_factory: pytest.TempPathFactory, spec_file: Path) -> Iterator[Gate]:
+    """A gate whose Prometheus is not there (a closed port)."""
+    gate = start_gate(tmp_path_factory.mktemp("gate"), spec_file, f"http://127.0.0.1:{free_port()}")
+    yield gate
+    stop_gate(gate)
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ARGO_QUERY = "service=sim&baseline=deployment%3Dbaseline&canary=deployment%3Dcanary&window=30m&interval=1m"
+
+
+def flagger_payload(canary: str = "deployment=canary", **meta: str) -> dict[str, Any]:
+    """What Flagger POSTs to a webhook: name, namespace, phase, checksum and the webhook's metadata."""
+    return {"name": "sim", "namespace": "test", "phase": "Progressing", "checksum": "5d4c8b9f",
+            "metadata": {"service": "sim", "baseline": "deployment=baseline", "canary": canary, **meta}}
+
+
+def test_gate_rejects_unauthenticated_and_malformed_requests(dead_gate: Gate) -> None:
+    url = dead_gate.url
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    r = httpx.get(f"{url}/v1/argo?{ARGO_QUERY}")
+    assert r.status_code == 401 and "Authorization" in r.json()["error"]
+    r = httpx.get(f"{url}/v1/argo?{ARGO_QUERY}", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and "wrong bearer token" in r.json()["error"]
+    r = httpx.post(f"{url}/v1/flagger/rollout", json=flagger_payload(token="nope"))
+    assert r.status_code == 401
+    bad: list[tuple[str, str, Any, str]] = [
+        ("GET", "/v1/argo?service=sim&baseline=deployment%3Dbaseline", None, "canary"),
+        ("GET", "/v1/argo?" + ARGO_QUERY.replace("deployment%3Dcanary", "deployment%3D~x"), None, "canary"),
+        ("GET", "/v1/argo?" + ARGO_QUERY + "&windw=5m", None, "windw"),
+        ("GET", "/v1/argo?" + ARGO_QUERY.replace("window=30m", "window=soon"), None, "window"),
+        ("GET", "/v1/argo?" + ARGO_QUERY + "&since=tomorrow", None, "since"),
+        ("POST", "/v1/argo", b"{not json", "body"),
+        ("POST", "/v1/argo", b"[1, 2]", "body"),
+        ("POST", "/v1/flagger/rollout", {"namespace": "test", "metadata": {}}, "name"),
+        ("POST", "/v1/flagger/rollout", {"name": "sim", "namespace": "test"}, "metadata"),
+        ("POST", "/v1/flagger/rollout", flagger_payload(canary="deployment=baseline"), "metadata.canary"),
+        ("POST", "/v1/flagger/confirm-promotion", flagger_payload(extra="x"), "metadata.extra"),
+    ]
+    for method, path, body, field in bad:
+        if isinstance(body, bytes):
+            r = httpx.request(method, url + path, content=body, headers=AUTH)
+        else:
+            r = httpx.request(method, url + path, json=body, headers=AUTH)
+        assert r.status_code == 400, (path, body, r.text)
+        assert r.json()["field"] == field and r.json()["error"].startswith(field), r.text
+    r = httpx.get(f"{url}/v1/argo?" + ARGO_QUERY.replace("service=sim", "service=other"), headers=AUTH)
+    assert r.status_code == 404 and "unknown service" in r.json()["error"]
+    assert httpx.get(f"{url}/v2/nothing", headers=AUTH).status_code == 404
+    assert httpx.delete(f"{url}/v1/argo", headers=AUTH).status_code == 405
+
+
+def test_gate_fails_closed_when_prometheus_is_unreachable(dead_gate: Gate) -> None:
+    _assert_every_gate_route_is_inconclusive(dead_gate.url)
+
+
+def _assert_every_gate_route_is_inconclusive(url: str) -> None:
+    r = httpx.get(f"{url}/v1/argo?{ARGO_QUERY}", headers=AUTH, timeout=20)
+    assert r.status_code == 200
+    verdict = r.json()
+    assert verdict["verdict"] == "inconclusive" and verdict["decision"] == "hold"
+    assert "could not be read" in verdict["reason"] and "Prometheus" in verdict["reason"]
+    for hook in ("rollout", "confirm-promotion"):
+        r = httpx.post(f"{url}/v1/flagger/{hook}", json=flagger_payload(token=TOKEN), timeout=20)
+        assert r.status_code == 412 and r.json()["verdict"] == "inconclusive", r.text
+        assert "Prometheus" in r.json()["reason"]
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+def sim_config(slowdown: float) -> dict[str, Any]:
+    """TTFT = 50 ms + 0.2 ms per prompt token (prompts of 0-1000 tokens), times the slowdown."""
+    return {"seed": 1, "models": [{
+        "name": "m", "prefill_base_s": 0.05 * slowdown, "prefill_per_token_s": 0.0002 * slowdown, "itl_s": 0.002,
+        "itl_distribution": "fixed", "itl_stddev_s": 0.0, "batch_slowdown": 0.0,
+        "output_tokens": {"distribution": "fixed", "value": 2},
+    }]}
+
+
+async def _traffic(urls: list[str], per_arm: int, concurrency: int = 16, deadline_s: float = 60.0) -> None:
+    """Bounded load: ``per_arm`` chat completions to each simulator, prompts of 0-1000 tokens, on loopback."""
+    async def arm(url: str, seed: int) -> None:
+        rng = random.Random(seed)
+        sem = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=10) as client:
+            async def one() -> None:
+                async with sem:
+                    prompt = "x" * rng.randint(0, 4000)
+                    r = await client.post(f"{url}/v1/chat/completions", json={
+                        "model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": prompt}]})
+                    r.raise_for_status()
+
+            await asyncio.gather(*(one() for _ in range(per_arm)))
+
+    await asyncio.wait_for(asyncio.gather(*(arm(u, i) for i, u in enumerate(urls))), deadline_s)
+
+
+@dataclass
+class Cluster:
+    prometheus: PrometheusHandle
+    gate: Gate
+    since: float
+
+
+PER_ARM = 400
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, spec_file: Path) -> Iterator[Cluster]:
+    """Baseline, a canary with TTFT 30% slower, and a canary identical to the baseline, scraped by Prometheus."""
+    if not prometheus_available():
+        pytest.skip("no prometheus binary")
+    tmp = tmp_path_factory.mktemp("e2e")
+    sims = {"baseline": SimProcess(sim_config(1.0)), "canary": SimProcess(sim_config(1.3)),
+            "same": SimProcess(sim_config(1.0))}
+    prom: PrometheusHandle | None = None
+    gate: Gate | None = None
+    try:
+        for sim in sims.values():
+            sim.start()
+        targets = {f"127.0.0.1:{sim.port}": {"deployment": name} for name, sim in sims.items()}
+        prom = start_prometheus(tmp, list(targets), interval="1s", target_labels=targets)
+        prom.wait_for("count(up == 1) == 3")
+        since = time.time() - 5
+        asyncio.run(_traffic([s.url for s in sims.values()], PER_ARM))
+        prom.wait_for(f"min(vllm:time_to_first_token_seconds_count) >= {PER_ARM}", timeout=20)
+        time.sleep(1.2)  # one more scrape, so increase() sees the counters flat after the traffic
+        gate = start_gate(tmp, spec_file, prom.url)
+        yield Cluster(prom, gate, since)
+    finally:
+        if gate is not None:
+            stop_gate(gate)
+        if prom is not None:
+            prom.stop()
+        for sim in sims.values():
+            sim.stop()
+
+
+def test_end_to_end_slow_canary_fails_identical_does_not_and_stopped_prometheus_is_inconclusive(
+        cluster: Cluster, spec_file: Path) -> None:
+    prom_flags = ["--spec", str(spec_file), "--prometheus", cluster.prometheus.url, "--baseline",
+                  "deployment=baseline", "--window", "3m", "--json"]
+    run = canary_cli(*prom_flags, "--canary", "deployment=canary")
+    assert run.returncode == 1, run.stdout + run.stderr
+    verdict = json.loads(run.stdout)
+    shift = next(m for m in verdict["metrics"] if m["name"] == "ttft.shift")
+    assert shift["status"] == "fail" and 0.15 < shift["estimate"] < 0.45
+    assert shift["baseline"]["samples"] == pytest.approx(PER_ARM, rel=0.1)
+    assert 'deployment="canary"' in verdict["source"]
+
+    run = canary_cli(*prom_flags, "--canary", "deployment=same")
+    assert run.returncode in (0, 3), run.stdout
+    assert json.loads(run.stdout)["verdict"] != "fail"
+
+    # The gate, asked as Argo Rollouts' web provider asks (GET, bearer header, the whole JSON as result).
+    since = f"&since={cluster.since:.3f}"
+    r = httpx.get(f"{cluster.gate.url}/v1/argo?{ARGO_QUERY}{since}", headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    result = r.json()
+    assert result["verdict"] == "fail" and result["decision"] == "rollback"  # failureCondition holds
+    r = httpx.post(f"{cluster.gate.url}/v1/argo", headers=AUTH, timeout=30, json={
+        "service": "sim", "baseline": "deployment=baseline", "canary": "deployment=same",
+        "since": cluster.since, "window": "30m", "interval": "1m"})
+    assert r.status_code == 200 and r.json()["verdict"] == "inconclusive" and r.json()["decision"] == "continue"
+
+    # ... and as Flagger's webhooks call it: 412 halts the slow canary, 200 lets the identical one go on.
+    meta = {"since": f"{cluster.since:.3f}", "token": TOKEN}
+    r = httpx.post(f"{cluster.gate.url}/v1/flagger/rollout", json=flagger_payload(**meta), timeout=30)
+    assert r.status_code == 412 and r.json()["verdict"] == "fail"
+    r = httpx.post(f"{cluster.gate.url}/v1/flagger/rollout", json=flagger_payload("deployment=same", **meta),
+                   timeout=30)
+    assert r.status_code == 200 and r.json()["decision"] == "continue"
+    r = httpx.post(f"{cluster.gate.url}/v1/flagger/confirm-promotion", json=flagger_payload("deployment=same",
+                   **meta), timeout=30)
+    assert r.status_code == 412  # not passed yet: the 30-minute window is open
+
+    cluster.prometheus.stop()
+    run = canary_cli(*prom_flags, "--canary", "deployment=canary")
+    assert run.returncode == 3, run.stdout + run.stderr
+    verdict = json.loads(run.stdout)
+    assert verdict["verdict"] == "inconclusive" and "Prometheus is unreachable" in verdict["reason"]
+    _assert_every_gate_route_is_inconclusive(cluster.gate.url)
