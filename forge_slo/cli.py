@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     canary.build_gate_parser(p)
     p.set_defaults(func=canary.gate_from_args)
 
+    from forge_slo.chaos import command as chaos
+
+    p = sub.add_parser("gameday", help="run chaos experiments as a game day and report, or schedule them",
+                       description=chaos.DESCRIPTION, epilog=chaos.EPILOG)
+    chaos.build_gameday_parser(p)
+    p.set_defaults(func=chaos.gameday_from_args)
+
     from forge_slo.telemetry.command import DESCRIPTION as GPU_DESCRIPTION
     from forge_slo.telemetry.command import build_parser as gpu_flags
     from forge_slo.telemetry.command import main_from_args as gpu_exporter

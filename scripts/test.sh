@@ -13,8 +13,17 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
-echo "== installing forge-slo with its test dependencies"
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "== installing forge-slo with its test dependencies (and Chaos Toolkit)"
+python3 -m pip install -q --disable-pip-version-check -e '.[test,chaos]'
+if ! python3 -c 'import torch' 2>/dev/null; then
+  # The training job needs torch; only a CPU build from this machine's disk, never a multi-GB CUDA download.
+  wheel=$(ls /opt/wheels/torch-*+cpu-cp3*-*.whl 2>/dev/null | head -n 1 || true)
+  if [ -n "$wheel" ]; then
+    python3 -m pip install -q --disable-pip-version-check "$wheel"
+  else
+    echo "== no CPU torch wheel in /opt/wheels: the training tests and experiments will be skipped"
+  fi
+fi
 
 echo "== ruff"
 python3 -m ruff check forge_slo tests benchmarks

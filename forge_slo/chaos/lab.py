@@ -1,0 +1,307 @@
+"""A chaos lab on this machine's loopback: everything the experiments in ``experiments/`` need, started together.
+
+- the rules compiled from the lab's specs (``experiments/specs``), loaded into
+- Prometheus (scrape and rule evaluation every second), scraping
+- the inference simulator (job ``sim``) under bounded background traffic,
+- the GPU exporter with a fake fleet (job ``gpu``, faults at run time), and
+- the all-reduce training job, 2 ranks on gloo (job ``train``), when torch is installed.
+
+:meth:`Lab.env` gives the ``FORGE_SLO_*`` variables the experiments read their endpoints from. Used by
+``forge-slo gameday run --lab``, ``python -m forge_slo.chaos lab`` and the tests. Loopback only; the traffic
+loop stops by itself after ``max_duration_s`` or its request budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from forge_slo import conventions as cv
+from forge_slo.errors import RunnerError
+
+SIM_MODEL = "sim-llama"
+SIM_CONFIG: dict[str, Any] = {
+    "seed": 7,
+    "models": [{"name": SIM_MODEL, "max_num_seqs": 64, "prefill_base_s": 0.02, "prefill_per_token_s": 0.0,
+                "itl_s": 0.005, "itl_distribution": "fixed", "output_tokens": {"distribution": "fixed", "value": 4}}],
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_range(count: int, attempts: int = 50) -> int:
+    """A base port with ``count`` consecutive free ports above it."""
+    for _ in range(attempts):
+        base = free_port()
+        if base + count >= 65536:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for i in range(count):
+                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+    raise RunnerError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+def prometheus_binary(explicit: str = "") -> str:
+    for candidate in (explicit, os.environ.get("FORGE_SLO_PROMETHEUS", ""), "prometheus", "/usr/bin/prometheus"):
+        if candidate and (shutil.which(candidate) or os.access(candidate, os.X_OK)):
+            return shutil.which(candidate) or candidate
+    raise RunnerError("the lab needs a Prometheus server binary: apt-get install prometheus, or pass its path")
+
+
+@dataclass
+class Lab:
+    workdir: Path
+    prometheus_url: str = ""
+    sim_url: str = ""
+    gpu_exporter_url: str = ""
+    train_state_dir: str = ""
+    train_metrics_port: int = 0
+    netns: str = ""
+    _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    _traffic: _Traffic | None = None
+
+    def env(self) -> dict[str, str]:
+        """The variables the experiments read (see their ``configuration``)."""
+        out = {"FORGE_SLO_PROMETHEUS_URL": self.prometheus_url, "FORGE_SLO_SIM_URL": self.sim_url,
+               "FORGE_SLO_GPU_EXPORTER_URL": self.gpu_exporter_url, "FORGE_SLO_CHAOS_NETNS": self.netns}
+        if self.train_state_dir:
+            out["FORGE_SLO_TRAIN_STATE_DIR"] = self.train_state_dir
+            out["FORGE_SLO_TRAIN_METRICS_PORT"] = str(self.train_metrics_port)
+        return out
+
+    def requests_sent(self) -> int:
+        return self._traffic.sent if self._traffic else 0
+
+    def stop(self) -> None:
+        if self._traffic is not None:
+            self._traffic.stop()
+        if self.train_state_dir:
+            from forge_slo.train.launch import stop_job
+
+            with contextlib.suppress(Exception):
+                stop_job(self.train_state_dir)
+        for _, proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+        self._procs.clear()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def compile_rules(specs: Sequence[Path], out: Path) -> list[Path]:
+    """The Prometheus rule files of ``specs`` (as ``forge-slo compile`` writes them) under ``out``."""
+    from forge_slo.compile.pipeline import compile_specs
+    from forge_slo.spec import load_specs
+
+    result = compile_specs(load_specs(list(specs)), "prometheus", dashboards=False)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for artifact in result.artifacts:
+        if artifact.path.startswith("prometheus/"):
+            path = out / Path(artifact.path).name
+            path.write_text(artifact.content, encoding="utf-8")
+            paths.append(path)
+    return paths
+
+
+def start_lab(workdir: Path, *, specs: Sequence[Path], fleet: Path, prometheus_bin: str = "",
+              traffic_rps: float = 8.0, max_duration_s: float = 1800.0, training: bool = True,
+              netns: str = "", ready_timeout_s: float = 90.0) -> Lab:
+    """Start the lab's parts and wait until Prometheus has SLO data; stop it with :meth:`Lab.stop`."""
+    if not fleet.is_file():
+        raise RunnerError(f"{fleet}: no such fake fleet file")
+    workdir.mkdir(parents=True, exist_ok=True)
+    prom_bin = prometheus_binary(prometheus_bin)
+    rules = compile_rules(specs, workdir / "rules")
+    lab = Lab(workdir, netns=netns or f"forge-slo-chaos-{os.getpid()}")
+    try:
+        lab.sim_url = _start_sim(lab, workdir)
+
+        gpu_port = free_port()
+        lab.gpu_exporter_url = f"http://127.0.0.1:{gpu_port}"
+        exporter_log = open(workdir / "gpu-exporter.log", "wb")  # noqa: SIM115 - the child owns it
+        lab._procs.append(("gpu-exporter", subprocess.Popen(
+            [sys.executable, "-m", "forge_slo.telemetry", "--port", str(gpu_port), "--host", "127.0.0.1",
+             "--fake-fleet", str(fleet), "--interval", "500ms"],
+            stdout=exporter_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
+            start_new_session=True)))
+        exporter_log.close()
+
+        train_targets: list[str] = []
+        if training and _torch_available():
+            from forge_slo.train.launch import JobOptions, start_detached
+
+            lab.train_metrics_port = free_port_range(2)
+            lab.train_state_dir = str(workdir / "train")
+            start_detached(JobOptions(Path(lab.train_state_dir), 2, "127.0.0.1", lab.train_metrics_port, None,
+                                      ("--max-seconds", str(int(max_duration_s)))))
+            train_targets = [f"127.0.0.1:{lab.train_metrics_port + r}" for r in range(2)]
+
+        prom_port = free_port()
+        lab.prometheus_url = f"http://127.0.0.1:{prom_port}"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "rule_files": [str(p.resolve()) for p in rules],
+            "scrape_configs": [
+                {"job_name": "sim", "static_configs": [{"targets": [lab.sim_url.removeprefix("http://")]}]},
+                {"job_name": "gpu", "static_configs": [{"targets": [f"127.0.0.1:{gpu_port}"]}]},
+            ] + ([{"job_name": "train", "static_configs": [{"targets": train_targets}]}] if train_targets else []),
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=True))
+        prom_log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - the child owns it
+        lab._procs.append(("prometheus", subprocess.Popen(
+            [prom_bin, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+            stdout=prom_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
+            start_new_session=True)))
+        prom_log.close()
+
+        lab._traffic = _Traffic(f"{lab.sim_url}/v1/chat/completions", traffic_rps, max_duration_s)
+        lab._traffic.start()
+        _wait_ready(lab, specs, ready_timeout_s)
+        return lab
+    except BaseException:
+        lab.stop()
+        raise
+
+
+def _start_sim(lab: Lab, workdir: Path, timeout_s: float = 30.0) -> str:
+    """The simulator through its CLI, in its own session: a Ctrl-C at the terminal reaches the game day only,
+    so the running experiment's rollbacks still find the simulator."""
+    config, ready = workdir / "sim.yaml", workdir / "sim-ready.json"
+    config.write_text(yaml.safe_dump(SIM_CONFIG, sort_keys=True))
+    ready.unlink(missing_ok=True)
+    log = open(workdir / "sim.log", "wb")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen([sys.executable, "-m", "forge_slo.sim", "--host", "127.0.0.1", "--port", "0",
+                             "--config", str(config), "--ready-file", str(ready)], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
+                            start_new_session=True)
+    log.close()
+    lab._procs.append(("sim", proc))
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            text = (workdir / "sim.log").read_text(errors="replace")[-2000:]
+            raise RunnerError(f"the lab's simulator did not start:\n{text}")
+        time.sleep(0.05)
+    info = json.loads(ready.read_text())
+    return f"http://127.0.0.1:{int(info['port'])}"
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _torch_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("torch") is not None
+
+
+def _wait_ready(lab: Lab, specs: Sequence[Path], timeout_s: float) -> None:
+    """Until every target is up and every SLO of the lab's specs has a burn rate."""
+    from forge_slo.spec import load_specs
+
+    slos = [(s.service, slo.name) for s in load_specs(list(specs)) for slo in s.slos]
+    deadline = time.monotonic() + timeout_s
+    missing: list[str] = ["(not asked yet)"]
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            for name, proc in lab._procs:
+                if proc.poll() is not None:
+                    log = (lab.workdir / f"{name}.log").read_text(errors="replace")[-2000:]
+                    raise RunnerError(f"the lab's {name} exited with {proc.returncode}:\n{log}")
+            try:
+                up = client.get(f"{lab.prometheus_url}/api/v1/query", params={"query": "up"}).json()["data"]["result"]
+                missing = [f"target {r['metric'].get('job')} {r['metric'].get('instance')}" for r in up
+                           if r["value"][1] != "1"] or ([] if up else ["targets"])
+                for service, slo in slos:
+                    q = f'{cv.CURRENT_BURN_RATE}{{{cv.SERVICE_LABEL}="{service}",{cv.SLO_LABEL}="{slo}"}} >= 0'
+                    if not client.get(f"{lab.prometheus_url}/api/v1/query",
+                                      params={"query": q}).json()["data"]["result"]:
+                        missing.append(f"burn rate of {service}/{slo}")
+                if not missing:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                missing = ["Prometheus"]
+            time.sleep(0.5)
+    raise RunnerError(f"the lab was not ready within {timeout_s:g}s; waiting for: {', '.join(missing)}")
+
+
+class _Traffic:
+    """Chat completions to the simulator at a fixed rate, bounded in time and count, on a thread of its own."""
+
+    def __init__(self, url: str, rps: float, max_duration_s: float, max_in_flight: int = 64) -> None:
+        if not 0 < rps <= 200:
+            raise RunnerError(f"traffic rate {rps!r}: use 0 < rps <= 200")
+        self.url, self.rps, self.max_duration_s, self.max_in_flight = url, rps, max_duration_s, max_in_flight
+        self.max_requests = int(rps * max_duration_s) + 1
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True, name="lab-traffic")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    async def _run(self) -> None:
+        body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+        start = time.monotonic()
+        in_flight: set[asyncio.Task[None]] = set()
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=self.max_in_flight)) as client:
+            async def one() -> None:
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.post(self.url, json=body)
+
+            while not self._stop.is_set() and self.sent < self.max_requests:
+                if time.monotonic() - start > self.max_duration_s:
+                    break
+                if len(in_flight) < self.max_in_flight:
+                    task = asyncio.create_task(one())
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    self.sent += 1
+                next_at = start + self.sent / self.rps
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            for task in list(in_flight):
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Chaos Toolkit activities: slo."""

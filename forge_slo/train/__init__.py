@@ -1,0 +1,7 @@
+"""A small torch.distributed job for chaos experiments on training clusters, with or without GPUs.
+
+``python -m forge_slo.train launch --nproc 2`` runs all-reduce steps under torchrun on loopback (gloo on CPU,
+NCCL where GPUs exist); each rank exports step time, a heartbeat and bus bandwidth on ``/metrics``, and
+:mod:`forge_slo.train.watchdog` detects a hung collective or a straggler. torch is the optional extra
+``forge-slo[train]``: nothing here imports it until a rank starts.
+"""
