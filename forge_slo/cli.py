@@ -71,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, metavar="FILE", help="write here instead of standard output")
     p.set_defaults(func=cmd_prometheus_config)
 
+    from forge_slo.load import command as load
+
+    p = sub.add_parser("load", help="load-test an OpenAI-compatible server with Locust and judge it against a spec",
+                       description=load.DESCRIPTION, epilog=load.EPILOG)
+    load.build_parser(p)
+    p.set_defaults(func=load.main_from_args)
+    p = sub.add_parser("demo", help="start the simulator, load it with the example spec and print the verdict",
+                       description=load.DEMO_DESCRIPTION, epilog=load.EPILOG)
+    load.build_demo_parser(p)
+    p.set_defaults(func=load.demo_from_args)
+
     from forge_slo.canary import command as canary
 
     p = sub.add_parser("canary", help="judge a canary against its baseline on the spec's SLIs",

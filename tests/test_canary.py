@@ -505,7 +505,8 @@ def test_end_to_end_slow_canary_fails_identical_does_not_and_stopped_prometheus_
     verdict = json.loads(run.stdout)
     shift = next(m for m in verdict["metrics"] if m["name"] == "ttft.shift")
     assert shift["status"] == "fail" and 0.15 < shift["estimate"] < 0.45
-    assert shift["baseline"]["samples"] == pytest.approx(PER_ARM, rel=0.1)
+    # Counts come from increase() over the window, which Prometheus extrapolates to the window's edges.
+    assert 0.8 * PER_ARM <= shift["baseline"]["samples"] <= 1.3 * PER_ARM
     assert 'deployment="canary"' in verdict["source"]
 
     run = canary_cli(*prom_flags, "--canary", "deployment=same")

@@ -1,0 +1,1 @@
+"""Holds only the locustfile: Locust puts a locustfile's folder on sys.path, so it must have no siblings."""

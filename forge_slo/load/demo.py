@@ -1,0 +1,102 @@
+"""``forge-slo demo``: the simulator, a short load and a verdict, with nothing to set up."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from forge_slo.errors import UsageError
+
+EXAMPLE_SPEC = Path("slo_specs") / "chat.yaml"
+DEMO_MODEL = "sim-llama"
+
+# The example spec as shipped in slo_specs/chat.yaml, for installs without a checkout.
+BUILTIN_SPEC = """\
+# A multi-model chat service served by vLLM: one SLO per model for every objective below.
+apiVersion: forge-slo/v1
+kind: ServiceSLO
+service: chat
+description: Chat completions for the assistant product, two models behind one vLLM deployment.
+preset: vllm
+selector: {namespace: prod}
+group_by: [model_name]
+period: 30d
+labels: {team: inference}
+slos:
+  - name: ttft
+    description: First token within 500 ms for 99% of requests.
+    objective: 99
+    sli: {latency: {metric: ttft, threshold: 0.5}}
+  - name: tpot
+    description: Tokens stream at least every 100 ms for 99% of token gaps.
+    objective: 99
+    sli: {latency: {metric: tpot, threshold: 0.1}}
+  - name: e2e
+    description: Whole answers within 20 s for 99.5% of requests.
+    objective: 99.5
+    sli: {latency: {metric: e2e, threshold: 20}}
+  - name: availability
+    description: 99.9% of requests finish without an abort or a server error.
+    objective: 99.9
+    sli: {availability: {}}
+  - name: gateway-errors
+    description: The API gateway in front of vLLM answers without 5xx.
+    objective: 99.5
+    sli:
+      ratio:
+        errors: sum(rate(http_requests_total{job="gw",code=~"5.."}[{{window}}]))
+        total: sum(rate(http_requests_total{job="gw"}[{{window}}]))
+"""
+
+# vLLM-like timing: 20 ms prefill plus 0.1 ms per prompt token, 20 ms per output token.
+SIM_CONFIG: dict[str, Any] = {
+    "seed": 1,
+    "models": [{"name": DEMO_MODEL, "max_num_seqs": 64, "prefill_base_s": 0.02, "prefill_per_token_s": 0.0001,
+                "itl_s": 0.02, "itl_distribution": "normal", "itl_stddev_s": 0.002, "batch_slowdown": 0.5}],
+}
+FAULTS: dict[str, dict[str, Any]] = {
+    "slow": {"kind": "latency", "ttft_add_s": 0.6},
+    "errors": {"kind": "errors", "rate": 0.05, "mode": "http_500"},
+}
+
+
+def run_demo(*, out: str, duration: str, rate: str, spec: str | None, fault: str, workers: int,
+             progress: str) -> int:
+    from forge_slo.load.command import _load_dests, run_load
+    from forge_slo.load.options import add_load_arguments, options_from_namespace
+    from forge_slo.sim import SimProcess
+
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out: {out_dir}: {exc.strerror or exc}") from None
+    if spec is None:
+        if EXAMPLE_SPEC.is_file():
+            spec = str(EXAMPLE_SPEC)
+        else:
+            builtin = out_dir / "demo-spec.yaml"
+            builtin.write_text(BUILTIN_SPEC, encoding="utf-8")
+            spec = str(builtin)
+    config = dict(SIM_CONFIG)
+    if fault != "none":
+        config["faults"] = [FAULTS[fault]]
+    with SimProcess(config) as sim:
+        print(f"simulator: {sim.base_url} (model {DEMO_MODEL}{', fault: ' + fault if fault != 'none' else ''})")
+        print(f"spec: {spec}")
+        parser = argparse.ArgumentParser(add_help=False)
+        add_load_arguments(parser)
+        argv = ["--target", sim.url, "--model", DEMO_MODEL, "--rate", rate, "--duration", duration,
+                "--warmup", "1s", "--prompt-tokens", "uniform:64:256", "--output-tokens", "uniform:32:96",
+                "--timeout", "30s", "--spec", spec, "--out", str(out_dir), "--workers", str(workers),
+                "--progress", progress]
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            raise UsageError(f"bad demo flags: {' '.join(argv)}") from None
+        options = options_from_namespace(args)
+        flags = {dest: getattr(args, dest, None) for dest in _load_dests()}
+        code = run_load(options, flags, workers, progress)
+    print(f"report: {out_dir / 'report.html'}")
+    return code

@@ -1,0 +1,590 @@
+"""forge-slo load, driven like a user would: real Locust (one process and two workers) against the simulator
+on 127.0.0.1, started and stopped by fixtures. Locust monkey-patches the standard library with gevent, so it
+runs only in child processes (``python -m forge_slo.load``, ``python -m locust``), never in this one.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from forge_slo.errors import UsageError
+from forge_slo.load.judge import Criterion, good_requests, judge
+from forge_slo.load.options import options_from_namespace
+from forge_slo.load.report import render_report
+from forge_slo.load.stream import StreamError, StreamMeter, record_json
+from forge_slo.load.summary import build_summary
+from forge_slo.load.workload import Arrivals, load_dataset, parse_length
+from forge_slo.sim import SimProcess
+from forge_slo.sources.records import RequestRecord, read_records
+from forge_slo.spec.presets import VLLM_TTFT_BUCKETS
+
+ROOT = Path(__file__).resolve().parents[1]
+TTFT = 0.05
+ITL = 0.01
+
+
+def _model(name: str, **kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": name, "prefill_base_s": TTFT, "prefill_per_token_s": 0.0, "itl_s": ITL,
+                            "itl_distribution": "fixed", "itl_stddev_s": 0.0, "batch_slowdown": 0.0,
+                            "output_tokens": {"distribution": "fixed", "value": 20}}
+    base.update(kw)
+    return base
+
+
+SIM_CONFIG = {"seed": 3, "models": [
+    _model("fixed"),
+    _model("chunky", itl_s=0.02, tokens_per_chunk=4),
+    _model("faulty", prefill_base_s=0.01, itl_s=0.005),
+]}
+
+SPEC = """\
+apiVersion: forge-slo/v1
+kind: ServiceSLO
+service: chat
+preset: vllm
+group_by: [model_name]
+slos:
+  - {{name: ttft, objective: 95, sli: {{latency: {{metric: ttft, threshold: {ttft}}}}}}}
+  - {{name: tpot, objective: 95, sli: {{latency: {{metric: tpot, threshold: 0.025}}}}}}
+  - {{name: itl, objective: 95, sli: {{latency: {{metric: itl, threshold: 0.025}}}}}}
+  - {{name: e2e, objective: 95, sli: {{latency: {{metric: e2e, threshold: 0.5}}}}}}
+  - {{name: availability, objective: 99, sli: {{availability: {{}}}}}}
+  - name: gateway
+    objective: 99
+    sli:
+      ratio:
+        errors: 'sum(rate(x_total{{code="500"}}[{{{{window}}}}]))'
+        total: 'sum(rate(x_total[{{{{window}}}}]))'
+"""
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    with SimProcess(SIM_CONFIG) as proc:
+        yield proc
+
+
+@pytest.fixture()
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.format(ttft=0.1), encoding="utf-8")
+    return path
+
+
+def run_load(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forge_slo.load", *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def summary_of(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return data
+
+
+def assert_clean(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout, proc.stdout
+
+
+def faults(sim: SimProcess, *bodies: dict[str, Any]) -> None:
+    httpx.delete(f"{sim.url}/admin/faults", timeout=10).raise_for_status()
+    for body in bodies:
+        httpx.post(f"{sim.url}/admin/faults", json=body, timeout=10).raise_for_status()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Real runs against the simulator
+
+
+def test_single_process_figures_match_the_simulators_timing(sim: SimProcess, spec_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_load("--target", sim.base_url, "--model", "fixed", "--concurrency", "4", "--duration", "3s",
+                    "--warmup", "0.5s", "--output-tokens", "20", "--spec", str(spec_file), "--out", str(out),
+                    "--progress", "plain")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_clean(proc)
+    assert "verdict: PASS" in proc.stdout
+    s = summary_of(out)
+    (stage,) = s["stages"]
+    lat = stage["latency"]
+    # The simulator promises TTFT 50 ms and a token every 10 ms; loopback, one client core on a shared box.
+    assert TTFT <= lat["ttft_s"]["p50"] <= TTFT + 0.006, lat["ttft_s"]
+    assert lat["ttft_s"]["p99"] <= TTFT + 0.025, lat["ttft_s"]
+    assert ITL - 0.0015 <= lat["itl_s"]["p50"] <= ITL + 0.0015, lat["itl_s"]
+    assert ITL - 0.001 <= lat["tpot_s"]["p50"] <= ITL + 0.0015, lat["tpot_s"]
+    e2e = TTFT + 19 * ITL
+    assert e2e <= lat["e2e_s"]["p50"] <= e2e + 0.015, lat["e2e_s"]
+    assert stage["failed"] == 0 and stage["requests"] > 20
+    # Closed loop: 4 streams of about 0.24 s each.
+    assert 4 / (e2e + 0.03) <= stage["requests_per_s"] <= 4 / e2e * 1.05
+    assert stage["output_tokens_per_s"] == pytest.approx(stage["requests_per_s"] * 20)
+    assert stage["tokens_from_usage"] == stage["succeeded"]
+    assert stage["finish_reasons"] == {"length": stage["succeeded"]}
+    slos = {x["name"]: x for x in stage["slos"]}
+    assert slos["ttft"]["met"] and slos["ttft"]["attainment_percent"] == 100.0
+    assert slos["availability"]["met"]
+    assert slos["gateway"]["judged"] is False and "not judged client-side" in slos["gateway"]["reason"]
+    assert stage["goodput_requests_per_s"] == pytest.approx(stage["requests_per_s"])
+    records = read_records(out / "records.jsonl")
+    assert len(records) == stage["requests"] + stage["warmup_requests"]
+    measured = [r for r in records if not r.warmup]
+    assert all(r.output_tokens == 20 and len(r.itl_s) == 19 and r.status == 200 for r in measured)
+    assert len({r.trace_id for r in records}) == len(records)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r.trace_id) for r in records)
+    # Exact values: no rounding to milliseconds as Locust's own stats do.
+    assert any(round(r.ttft_s or 0, 3) != r.ttft_s for r in measured)
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "<svg" in report and "SLO ttft" in report and "<script" not in report
+
+
+def test_two_workers_merge_records_and_summaries(sim: SimProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_load("--target", sim.url, "--model", "chunky", "--rate", "30", "--arrival", "constant",
+                    "--duration", "3s", "--output-tokens", "12", "--workers", "2", "--out", str(out),
+                    "--progress", "off")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_clean(proc)
+    s = summary_of(out)
+    assert s["workers"] == 2
+    (stage,) = s["stages"]
+    records = read_records(out / "records.jsonl")
+    assert Counter(r.extra.get("worker") for r in records).keys() == {0, 1}
+    assert len(records) == stage["requests"] == stage["succeeded"]
+    assert 0.85 * 30 <= stage["sent_per_s"] <= 1.1 * 30, stage
+    # Four tokens per event: three zero gaps per event, and a gap between events (12 tokens, 3 events).
+    for r in records:
+        assert r.output_tokens == 12 and len(r.itl_s) == 11
+        assert sum(1 for g in r.itl_s if g == 0.0) == 9
+    lat = stage["latency"]
+    assert TTFT <= lat["ttft_s"]["p50"] <= TTFT + 0.008, lat["ttft_s"]
+    tpot = 2 * 4 * 0.02 / 11  # an event every four decode steps of 20 ms, after the first
+    assert tpot - 0.002 <= lat["tpot_s"]["p50"] <= tpot + 0.002, lat["tpot_s"]
+
+
+def test_injected_errors_and_cut_streams_are_counted_by_kind(sim: SimProcess, spec_file: Path,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    faults(sim, {"kind": "errors", "model": "faulty", "mode": "http_500", "rate": 0.25},
+           {"kind": "errors", "model": "faulty", "mode": "abort_stream", "rate": 0.3, "abort_after_tokens": 3})
+    try:
+        proc = run_load("--target", sim.url, "--model", "faulty", "--concurrency", "4", "--duration", "2s",
+                        "--output-tokens", "10", "--spec", str(spec_file), "--out", str(out), "--progress", "off")
+    finally:
+        faults(sim)
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "verdict: FAIL" in proc.stdout
+    (stage,) = summary_of(out)["stages"]
+    kinds = stage["errors"]["by_kind"]
+    assert set(kinds) == {"http", "stream_cut"}, kinds
+    n = stage["requests"]
+    assert n > 60
+    assert 0.1 * n <= kinds["http"] <= 0.4 * n, kinds
+    assert 0.1 * n <= kinds["stream_cut"] <= 0.45 * n, kinds
+    assert stage["errors"]["by_status"] == {"200": kinds["stream_cut"], "500": kinds["http"]}
+    slos = {x["name"]: x for x in stage["slos"]}
+    assert not slos["availability"]["met"]
+    assert slos["availability"]["good"] == stage["succeeded"]
+    records = read_records(out / "records.jsonl")
+    cut = [r for r in records if r.error_kind == "stream_cut"]
+    assert all(r.ttft_s is not None and r.output_tokens == 3 for r in cut)
+    assert all("HTTP 500" in r.error for r in records if r.error_kind == "http")
+
+
+def test_a_sweep_stops_at_the_first_stage_that_misses_an_slo(sim: SimProcess, tmp_path: Path) -> None:
+    spec = tmp_path / "strict.yaml"
+    spec.write_text(SPEC.format(ttft=0.04), encoding="utf-8")  # the simulator's TTFT is 50 ms
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": "hello there " * n}],
+                                          "max_tokens": 6}) for n in (1, 5, 9)) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    proc = run_load("--target", sim.url, "--model", "fixed", "--sweep", "rate=4,8,16", "--duration", "1.5s",
+                    "--dataset", str(data), "--spec", str(spec), "--out", str(out), "--progress", "off")
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    s = summary_of(out)
+    assert s["stages_planned"] == ["rate=4", "rate=8", "rate=16"]
+    assert [st["name"] for st in s["stages"]] == ["rate=4"]
+    assert "ttft" in s["stopped_early"] and s["verdict"] == "fail"
+    records = read_records(out / "records.jsonl")
+    assert records and all(r.output_tokens == 6 for r in records)
+    # Prompt tokens as the simulator counts them: 3 per message plus characters / 4.
+    assert {r.prompt_tokens for r in records} <= {3 + -(-len("hello there " * n) // 4) for n in (1, 5, 9)}
+    assert "sweep stopped early" in proc.stdout
+
+
+def test_sigint_leaves_a_summary_and_report_and_metrics_are_served(sim: SimProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "forge_slo.load", "--target", sim.url, "--model", "fixed",
+                             "--rate", "10", "--duration", "60s", "--metrics-port", "0", "--out", str(out),
+                             "--progress", "off"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"client metrics: (http://\S+)", line)
+        assert match, line
+        deadline = time.monotonic() + 15
+        families: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            text = httpx.get(match.group(1), timeout=5).text
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            ttft = families.get("forge_load_time_to_first_token_seconds")
+            if ttft and any(s.name.endswith("_count") and s.value >= 5 for s in ttft.samples):
+                break
+            time.sleep(0.3)
+        ttft = families["forge_load_time_to_first_token_seconds"]
+        bounds = sorted(float(s.labels["le"]) for s in ttft.samples if s.name.endswith("_bucket"))
+        assert bounds[:-1] == list(VLLM_TTFT_BUCKETS)
+        assert {s.labels["model_name"] for s in ttft.samples} == {"fixed"}
+        assert "forge_load_inter_token_latency_seconds" in families
+        assert "forge_load_requests" in families
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    s = summary_of(out)
+    assert s["interrupted"] is True
+    (stage,) = s["stages"]
+    assert stage["stopped_by"] == "interrupt" and stage["requests"] >= 5
+    assert 1.0 < stage["duration_s"] < 20
+    assert "interrupted" in (out / "report.html").read_text(encoding="utf-8")
+    assert "interrupted" in stdout
+
+
+def test_server_spans_join_the_clients_trace(tmp_path: Path) -> None:
+    config = {"models": [_model("traced", prefill_base_s=0.005, itl_s=0.002)], "tracing": {"exporter": "console"}}
+    out = tmp_path / "out"
+    with SimProcess(config) as traced:
+        proc = run_load("--target", traced.url, "--model", "traced", "--concurrency", "1", "--duration", "2s",
+                        "--max-requests", "3", "--output-tokens", "4", "--out", str(out), "--progress", "off")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    spans = traced.last_log
+    records = read_records(out / "records.jsonl")
+    assert len(records) == 3
+    for r in records:
+        assert f'"trace_id": "0x{r.trace_id}"' in spans  # the server span is in the client's trace
+
+
+def test_refused_connections_are_failures_of_kind_connection(spec_file: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    out = tmp_path / "out"
+    proc = run_load("--target", f"http://127.0.0.1:{port}", "--model", "m", "--rate", "20", "--duration", "1s",
+                    "--spec", str(spec_file), "--out", str(out), "--progress", "off")
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (stage,) = summary_of(out)["stages"]
+    assert stage["requests"] > 5 and stage["errors"]["by_kind"] == {"connection": stage["requests"]}
+    slos = {x["name"]: x for x in stage["slos"]}
+    assert slos["availability"]["attainment_percent"] == 0.0
+    assert slos["ttft"]["met"] is False and slos["ttft"]["attainment_percent"] is None
+
+
+class _BadServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    calls = 0
+    stopping = threading.Event()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out closed its end: expected
+
+
+class _BadHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"  # the body ends when the connection closes
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        server = self.server
+        assert isinstance(server, _BadServer)
+        server.calls += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        chunk = {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
+        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        self.wfile.flush()
+        if server.calls % 2:
+            self.wfile.write(b"data: {\"choices\": [{\"delta\": \n\n")  # not JSON
+        else:
+            server.stopping.wait(3.0)  # stall past the client's timeout
+
+
+@pytest.fixture()
+def bad_server() -> Iterator[str]:
+    server = _BadServer(("127.0.0.1", 0), _BadHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_malformed_events_and_timeouts_are_failures_of_their_kind(bad_server: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = run_load("--target", bad_server, "--model", "m", "--concurrency", "2", "--duration", "1.5s",
+                    "--timeout", "0.6s", "--out", str(out), "--progress", "off")
+    assert_clean(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # no spec: nothing judged
+    records = read_records(out / "records.jsonl")
+    kinds = Counter(r.error_kind for r in records)
+    assert set(kinds) == {"malformed", "timeout"}, kinds
+    timed_out = [r for r in records if r.error_kind == "timeout"]
+    assert all(0.6 <= (r.e2e_s or 0) < 0.8 and r.ttft_s is not None for r in timed_out)
+    assert all("not JSON" in r.error for r in records if r.error_kind == "malformed")
+
+
+def test_plain_locust_runs_the_same_flags(sim: SimProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    locustfile = run_load("locustfile").stdout.strip()
+    assert Path(locustfile).is_file()
+    proc = subprocess.run([sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary",
+                           "-H", sim.url, "--model", "fixed", "--concurrency", "2", "--duration", "2s",
+                           "--output-tokens", "5", "--out", str(out), "--loglevel", "WARNING"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (stage,) = summary_of(out)["stages"]
+    assert stage["requests"] > 10 and stage["failed"] == 0
+    # Locust's own table has the TTFT and e2e entries.
+    assert re.search(r"chat\s+ttft", proc.stdout + proc.stderr)
+    assert re.search(r"chat\s+e2e", proc.stdout + proc.stderr)
+
+
+def test_demo_works_from_a_fresh_directory(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-m", "forge_slo.load", "demo", "--duration", "3s", "--progress", "off"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=90, env=env,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_clean(proc)
+    out = tmp_path / "forge-slo-demo"
+    assert (out / "demo-spec.yaml").is_file()  # no slo_specs/ here: the built-in copy of the example spec
+    assert (out / "report.html").is_file()
+    assert "verdict: PASS" in proc.stdout
+    for slo in ("ttft", "tpot", "e2e", "availability"):
+        assert re.search(rf"rate=4\s+{slo}\s+.*PASS", proc.stdout), proc.stdout
+    assert re.search(r"gateway-errors.*not judged client-side", proc.stdout)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input: a clear message and exit code 2, before anything starts
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rate", "-1"], "--rate"),
+    (["--rate", "1", "--concurrency", "2"], "not allowed with argument"),
+    (["--sweep", "users=1,2"], "--sweep"),
+    (["--rate", "1", "--prompt-tokens", "uniform:5"], "--prompt-tokens"),
+    (["--rate", "1", "--duration", "soon"], "--duration"),
+    (["--rate", "1", "--warmup", "10s", "--duration", "5s"], "--warmup"),
+    (["--rate", "1", "--burstiness", "0.5"], "--burstiness"),
+    (["--rate", "1", "--metrics-port", "70000"], "--metrics-port"),
+    (["--rate", "1", "--spec", "no/such/spec.yaml"], "--spec"),
+])
+def test_bad_flags_exit_2_with_a_message(args: list[str], message: str, tmp_path: Path) -> None:
+    proc = run_load("--target", "http://127.0.0.1:9", "--model", "m", "--out", str(tmp_path / "o"), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_target_and_missing_model_exit_2(tmp_path: Path) -> None:
+    proc = run_load("--target", "ftp://x", "--model", "m", "--rate", "1", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "--target" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_load("--target", "http://127.0.0.1:9", "--rate", "1", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "--model" in proc.stderr
+
+
+def test_a_bad_dataset_names_the_file_and_line(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "hello"}\n{"prompt": "unterminated\n', encoding="utf-8")
+    proc = run_load("--target", "http://127.0.0.1:9", "--model", "m", "--rate", "1", "--dataset", str(data),
+                    "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert f"{data}:2: not JSON" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(UsageError, match=r"data.jsonl:1: messages: needs --api chat"):
+        data.write_text('{"messages": [{"role": "user", "content": "x"}]}\n', encoding="utf-8")
+        load_dataset(str(data), "completions")
+
+
+def test_a_bad_spec_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(SPEC.format(ttft=2), encoding="utf-8")  # 2 s is not a bucket bound of vLLM's TTFT
+    proc = run_load("--target", "http://127.0.0.1:9", "--model", "m", "--rate", "1", "--spec", str(spec),
+                    "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{spec}:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The measuring and judging, without servers
+
+
+def _feed(meter: StreamMeter, events: list[tuple[float, bytes]]) -> None:
+    for t, payload in events:
+        meter.feed(b"data: " + payload + b"\n", t)
+        meter.feed(b"\n", t)
+
+
+def _chunk(content: str | None, finish: str | None = None, usage: int | None = None) -> bytes:
+    data: dict[str, Any] = {"choices": [] if content is None and finish is None else
+                            [{"index": 0, "delta": {"content": content} if content is not None else {},
+                              "finish_reason": finish}]}
+    if usage is not None:
+        data["usage"] = {"prompt_tokens": 7, "completion_tokens": usage, "total_tokens": 7 + usage}
+    return json.dumps(data).encode()
+
+
+def test_metric_definitions_on_a_chunked_stream() -> None:
+    meter = StreamMeter(10.0)
+    _feed(meter, [(10.0, b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}'),
+                  (10.1, _chunk("ab")), (10.3, _chunk("cd")), (10.4, _chunk("ef", "length")),
+                  (10.41, _chunk(None, usage=6))])
+    assert meter.feed(b"data: [DONE]\n", 10.42)
+    r = meter.record(start_time=1.0, model="m", stage="s", warmup=False, trace_id="t")
+    assert r.ok and r.ttft_s == pytest.approx(0.1) and r.e2e_s == pytest.approx(0.42)
+    assert r.output_tokens == 6 and r.tokens_from == "usage" and r.prompt_tokens == 7
+    # Three events of two tokens: each gap once, and one zero gap per event.
+    assert r.itl_s == pytest.approx((0.0, 0.2, 0.0, 0.1, 0.0))
+    assert r.tpot_s == pytest.approx((0.42 - 0.1) / 5)
+    assert r.finish_reason == "length"
+    assert record_json(r) == r.to_json()
+
+
+def test_without_usage_tokens_are_counted_from_the_stream() -> None:
+    meter = StreamMeter(0.0)
+    _feed(meter, [(0.2, _chunk("a")), (0.25, _chunk("b")), (0.3, _chunk("c", "stop"))])
+    meter.end_without_done(0.31)
+    r = meter.record(start_time=1.0, model="m", stage="s", warmup=True, trace_id="t")
+    assert r.ok and r.tokens_from == "stream" and r.output_tokens == 3
+    assert r.itl_s == pytest.approx((0.05, 0.05)) and r.e2e_s == pytest.approx(0.31)
+
+
+@pytest.mark.parametrize(("line", "kind"), [
+    (b"data: {not json}\n", "malformed"),
+    (b'data: {"choices": 3}\n', "malformed"),
+    (b'data: {"error": {"message": "overloaded"}}\n', "other"),
+])
+def test_bad_events_raise_their_kind(line: bytes, kind: str) -> None:
+    with pytest.raises(StreamError) as info:
+        StreamMeter(0.0).feed(line, 1.0)
+    assert info.value.kind == kind
+
+
+def test_cut_and_aborted_streams_are_failures() -> None:
+    meter = StreamMeter(0.0)
+    _feed(meter, [(0.1, _chunk("a"))])
+    meter.end_without_done(0.2)
+    r = meter.record(start_time=1.0, model="m", stage="s", warmup=False, trace_id="t")
+    assert not r.ok and r.error_kind == "stream_cut" and r.ttft_s == pytest.approx(0.1)
+    meter = StreamMeter(0.0)
+    _feed(meter, [(0.1, _chunk("a")), (0.2, _chunk("", "abort"))])
+    meter.feed(b"data: [DONE]\n", 0.2)
+    r = meter.record(start_time=1.0, model="m", stage="s", warmup=False, trace_id="t")
+    assert not r.ok and r.error_kind == "stream_cut"
+
+
+def _rec(ttft: float, tpot: float | None, itl: tuple[float, ...], ok: bool = True,
+         kind: str | None = None) -> RequestRecord:
+    return RequestRecord(start_time=1.0, model="m", ok=ok, error_kind=kind, ttft_s=ttft, tpot_s=tpot,
+                         e2e_s=ttft + sum(itl), itl_s=itl, output_tokens=len(itl) + 1, stage="s")
+
+
+def test_attainment_and_goodput() -> None:
+    records = [_rec(0.1, 0.01, (0.01, 0.01)), _rec(0.3, 0.02, (0.01, 0.03)), _rec(0.1, None, ()),
+               _rec(0.1, 0.01, (), ok=False, kind="http")]
+    crits = [Criterion("ttft", "latency", 50, "ttft", 0.25), Criterion("itl", "latency", 90, "itl", 0.025),
+             Criterion("tpot", "latency", 90, "tpot", 0.015), Criterion("av", "availability", 80),
+             Criterion("ratio", "unjudged", 99, reason="not judged client-side")]
+    res = {r["name"]: r for r in judge(records, crits)}
+    assert (res["ttft"]["good"], res["ttft"]["events"], res["ttft"]["met"]) == (2, 3, True)
+    assert (res["itl"]["good"], res["itl"]["events"], res["itl"]["met"]) == (3, 4, False)
+    assert (res["tpot"]["good"], res["tpot"]["events"]) == (1, 2)
+    assert (res["av"]["attainment_percent"], res["av"]["met"]) == (75.0, False)
+    assert res["ratio"]["judged"] is False
+    # Goodput: successful requests meeting every latency SLO (the second misses ttft, itl and tpot).
+    assert good_requests(records, crits) == 2
+
+
+def test_summary_and_report_of_an_empty_stage_and_a_sweep() -> None:
+    run = {"stages": [{"name": "rate=1", "mode": "rate", "value": 1, "started_at": 0.0, "measure_from": 0.0,
+                       "ended_at": 10.0},
+                      {"name": "rate=2", "mode": "rate", "value": 2, "started_at": 10.0, "measure_from": 10.0,
+                       "ended_at": 20.0}]}
+    records = [_rec(0.1, 0.01, (0.01,)), RequestRecord(start_time=12.0, model="m", ok=False,
+                                                      error_kind="timeout", stage="rate=2")]
+    crits = (Criterion("ttft", "latency", 99, "ttft", 0.25),)
+    from forge_slo.load.judge import SpecInfo
+
+    summary = build_summary([dataclass_replace(records[0], stage="rate=1"), records[1]], run,
+                            SpecInfo("svc", "spec.yaml", crits))
+    assert [s["verdict"] for s in summary["stages"]] == ["pass", "fail"]
+    assert summary["stages"][1]["latency"]["ttft_s"]["p50"] is None
+    assert summary["verdict"] == "fail"
+    html = render_report(summary, records)
+    assert html.count("<svg") >= 3 and "SLO ttft" in html
+
+
+def dataclass_replace(record: RequestRecord, **changes: Any) -> RequestRecord:
+    import dataclasses
+
+    return dataclasses.replace(record, **changes)
+
+
+def test_arrival_processes_keep_their_mean_rate() -> None:
+    for kind, burstiness in (("constant", 1.0), ("poisson", 1.0), ("gamma", 0.5), ("gamma", 4.0)):
+        arrivals = Arrivals(kind, 20.0, burstiness, random.Random(1))
+        intervals = [arrivals.interval() for _ in range(20000)]
+        assert sum(intervals) / len(intervals) == pytest.approx(0.05, rel=0.05), kind
+    bursty = Arrivals("gamma", 20.0, 0.25, random.Random(2))
+    gaps = [bursty.interval() for _ in range(5000)]
+    mean = sum(gaps) / len(gaps)
+    cv = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
+    assert cv == pytest.approx(2.0, rel=0.15)  # 1 / sqrt(burstiness): burstier than Poisson
+
+
+def test_flag_parsing() -> None:
+    opts = options_from_namespace({"target": "http://127.0.0.1:8000/v1/", "model": "m", "sweep": "rate=1, 2.5,4",
+                                   "duration": "2.5s", "warmup": "500ms", "output_tokens": "normal:100:10"})
+    assert opts.target == "http://127.0.0.1:8000" and opts.endpoint == "/v1/chat/completions"
+    assert [s.name for s in opts.stages] == ["rate=1", "rate=2.5", "rate=4"]
+    assert (opts.duration_s, opts.warmup_s) == (2.5, 0.5)
+    assert opts.output_tokens.mean == 100
+    opts = options_from_namespace({"target": "http://h:1/gw", "model": "m", "concurrency": "3", "api": "completions"})
+    assert opts.endpoint == "/gw/v1/completions" and opts.stages[0].name == "concurrency=3"
+    assert parse_length("uniform:3:9").sample(random.Random(0)) in range(3, 10)
+
+
+def test_the_test_process_never_imports_locust() -> None:
+    assert "locust" not in sys.modules and "gevent" not in sys.modules
