@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from forge_slo import __version__
@@ -172,9 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return run(lambda: int(args.func(args)))
+
+
+def run(action: Callable[[], int]) -> int:
+    """Run one command: a ForgeError becomes its message and exit code, Ctrl-C exit 130; a bug keeps its
+    traceback. Every entry point (the CLI, ``python -m forge_slo.<package>``) goes through here."""
     try:
-        code: int = args.func(args)
-        return code
+        return action()
     except SpecErrors as exc:
         for error in exc.errors:
             print(f"error: {error.render()}", file=sys.stderr)

@@ -11,7 +11,6 @@ from pathlib import Path
 from types import FrameType
 
 from forge_slo.chaos.command import DESCRIPTION, EPILOG, build_gameday_parser, gameday_from_args
-from forge_slo.errors import ForgeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,21 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from forge_slo.cli import run
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "gameday":
-            return gameday_from_args(args)
-        if args.command == "lab":
-            return run_lab(args)
-        parser.print_help()
-        return 2
-    except ForgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    if args.command == "gameday":
+        return run(lambda: gameday_from_args(args))
+    if args.command == "lab":
+        return run(lambda: run_lab(args))
+    parser.print_help()
+    return 2
 
 
 def run_lab(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from forge_slo.errors import ForgeError, UsageError
+from forge_slo.errors import UsageError
 
 EPILOG = "Exit codes: 0 success (watch: healthy), 1 failure (watch: hung or straggling), 2 bad input."
 
@@ -46,32 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from forge_slo.cli import run
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "launch":
-            from forge_slo.train.launch import main_launch
+    if args.command in ("launch", "stop", "watch"):
+        return run(lambda: _command(args))
+    parser.print_help()
+    return 2
 
-            worker_args = list(args.worker_args)
-            if worker_args[:1] == ["--"]:
-                worker_args = worker_args[1:]
-            return main_launch(args.nproc, args.metrics_host, args.metrics_port, args.state_dir, args.netns,
-                               worker_args, args.detach)
-        if args.command == "stop":
-            from forge_slo.train.launch import stop_job
 
-            print("stopped" if stop_job(args.state_dir) else "no job was running")
-            return 0
-        if args.command == "watch":
-            return watch(args)
-        parser.print_help()
-        return 2
-    except ForgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "launch":
+        from forge_slo.train.launch import main_launch
+
+        worker_args = list(args.worker_args)
+        if worker_args[:1] == ["--"]:
+            worker_args = worker_args[1:]
+        return main_launch(args.nproc, args.metrics_host, args.metrics_port, args.state_dir, args.netns,
+                           worker_args, args.detach)
+    if args.command == "stop":
+        from forge_slo.train.launch import stop_job
+
+        print("stopped" if stop_job(args.state_dir) else "no job was running")
+        return 0
+    return watch(args)
 
 
 def watch(args: argparse.Namespace) -> int:
