@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from forge_slo.compile.pipeline import Artifact
-from forge_slo.errors import ForgeError
+from forge_slo.errors import ForgeError, UsageError
 
 
 def _split(artifacts: Sequence[Artifact], targets: Mapping[str, Path]) -> dict[str, dict[str, str]]:
@@ -30,6 +30,10 @@ def _split(artifacts: Sequence[Artifact], targets: Mapping[str, Path]) -> dict[s
 def write_tree(artifacts: Sequence[Artifact], targets: Mapping[str, Path]) -> None:
     """Replace each target directory with the artifacts under its name (``targets``: owned dir -> path)."""
     staged: list[tuple[Path, Path]] = []
+    for target in targets.values():
+        for path in (target, *target.parents):
+            if path.exists() and not path.is_dir():
+                raise UsageError(f"{path} is a file: the output needs a directory there")
     try:
         for name, files in _split(artifacts, targets).items():
             if not files:

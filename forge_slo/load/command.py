@@ -91,7 +91,15 @@ def run_load(options: LoadOptions, flags: dict[str, Any], workers: int, progress
         return EXIT_INTERRUPTED
     if code != 0:
         raise RunnerError(f"the load run failed (engine exit code {code}); the summary covers what ran")
-    return 1 if summary.get("verdict") == "fail" else 0
+    if summary.get("verdict") == "fail":
+        return 1
+    stages = summary.get("stages") or []
+    if stages and sum(int(s.get("requests", 0)) for s in stages) > 0 and \
+            sum(int(s.get("succeeded", 0)) for s in stages) == 0:
+        # Without a spec there is no SLO to miss, but a target that served nothing is no success either.
+        print("no request succeeded: the target served none of the load", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run_engine(plan: dict[str, Any], bound_s: float) -> tuple[int, bool]:
