@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from forge_slo import conventions as cv
 from forge_slo.telemetry.backend import GpuInfo, GpuReading, GpuUnavailable
 
 HostnameLabel = Literal["hostname", "Hostname"]
@@ -78,7 +79,7 @@ GPU_METRICS: tuple[MetricDef, ...] = (
 XID_METRIC = "DCGM_FI_DEV_XID_ERRORS"
 XID_HELP = ("Number of XID errors seen since the exporter started, per XID code (err_code); "
             "err_code=\"0\" is always 0.")
-HEALTH_METRIC = "forge_gpu_healthy"
+HEALTH_METRIC = cv.GPU_HEALTHY  # one name for the exporter, the alerts and the chaos probes
 HEALTH_HELP = ("1 when the GPU answers and shows no fatal error, else 0; reason says why "
                "(ok, gpu_lost, read_error, xid_<code>, ecc_dbe, row_remap_failure).")
 
