@@ -32,8 +32,11 @@ CURRENT_BURN_RATE = f"{RULE_PREFIX}:burn_rate:ratio"
 PERIOD_BURN_RATE = f"{RULE_PREFIX}:period_burn_rate:ratio"
 ERROR_BUDGET_REMAINING = f"{RULE_PREFIX}:error_budget_remaining:ratio"
 
-# Prefix of client-side metrics exported by the load generator.
+# Prefixes of the metrics forge-slo's own programs export: the load generator's client-side view, the
+# training job of the chaos experiments, and the GPU exporter's own health of itself.
 LOAD_METRIC_PREFIX = "forge_load_"
+TRAIN_METRIC_PREFIX = "forge_train_"
+GPU_EXPORTER_METRIC_PREFIX = "forge_gpu_exporter_"
 
 
 def error_ratio(window_seconds: float) -> str:

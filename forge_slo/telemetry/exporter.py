@@ -27,6 +27,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from forge_slo import conventions as cv
 from forge_slo.errors import RunnerError, SpecError
 from forge_slo.telemetry.backend import FaultInjector, GpuBackend, GpuUnavailable
 from forge_slo.telemetry.metrics import (
@@ -79,18 +80,21 @@ def open_backend(options: ExporterOptions) -> GpuBackend:
     return NvmlBackend()
 
 
+P = cv.GPU_EXPORTER_METRIC_PREFIX
+
+
 class _SelfMetrics:
     def __init__(self, registry: CollectorRegistry, backend: str) -> None:
-        self.collections = Counter("forge_gpu_exporter_collections", "Collections of all GPUs since start.",
+        self.collections = Counter(f"{P}collections", "Collections of all GPUs since start.",
                                    ["backend"], registry=registry).labels(backend)
-        self.duration = Histogram("forge_gpu_exporter_collection_duration_seconds",
+        self.duration = Histogram(f"{P}collection_duration_seconds",
                                   "Time to read every GPU once (the NVML read latency of one collection).",
                                   ["backend"], buckets=COLLECTION_BUCKETS, registry=registry).labels(backend)
-        self.last = Gauge("forge_gpu_exporter_last_collection_timestamp_seconds",
+        self.last = Gauge(f"{P}last_collection_timestamp_seconds",
                           "Unix time of the last collection.", registry=registry)
-        self.read_errors = Counter("forge_gpu_exporter_gpu_read_errors", "GPU reads that failed, per GPU.",
+        self.read_errors = Counter(f"{P}gpu_read_errors", "GPU reads that failed, per GPU.",
                                    ["gpu"], registry=registry)
-        self.xid_watch = Gauge("forge_gpu_exporter_xid_watch_active",
+        self.xid_watch = Gauge(f"{P}xid_watch_active",
                                "1 when XID events are being received from the backend.", registry=registry)
 
 

@@ -5,7 +5,9 @@ Every series carries ``rank`` (and Prometheus adds ``job``/``instance``). Units 
 
 from __future__ import annotations
 
-PREFIX = "forge_train_"
+from forge_slo import conventions as cv
+
+PREFIX = cv.TRAIN_METRIC_PREFIX
 RANK_LABEL = "rank"
 
 STEPS = f"{PREFIX}steps"  # counter (exposed as forge_train_steps_total): all-reduce steps completed
