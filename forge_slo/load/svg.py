@@ -94,7 +94,7 @@ class Chart:
                           f'stroke="{color}" stroke-width="1.2" stroke-dasharray="{dash}"/>')
         right = xp > self.left + 0.6 * (self.width - self.left - self.right)
         tx, anchor = (xp - 3, "end") if right else (xp + 3, "start")
-        ty = self.top + 11 if top else self.height - self.bottom - 6
+        ty = self.top - 3 if top else self.height - self.bottom - 6  # above the frame: clear of the legend
         self.parts.append(f'<text x="{tx:.1f}" y="{ty}" font-size="10" fill="{color}" text-anchor="{anchor}">'
                           f'{escape(label)}</text>')
 
