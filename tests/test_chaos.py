@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -430,14 +431,21 @@ def test_activities_refuse_bad_or_dangerous_input(tmp_path: Path) -> None:
         proc_actions.kill_process()
     with pytest.raises(UsageError, match="not a signal name"):
         proc_actions.kill_process(pid=123456, signal="SIGNOPE")
-    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    seconds = f"30.{os.getpid()}"  # a command line no other process on the machine has
+    sleepers = [subprocess.Popen(["sleep", seconds]) for _ in range(2)]
+    for p in sleepers:  # Popen returns before the child has exec'd sleep
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")[:2] != [b"sleep", seconds.encode()]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    pattern = rf"^sleep {re.escape(seconds)}$"
     try:
         with pytest.raises(RunnerError, match="2 processes match"):
-            proc_actions.kill_process(name=r"^sleep 30$")
+            proc_actions.kill_process(name=pattern)
         paused = proc_actions.pause_process(pid=sleepers[0].pid)
         assert paused["paused"] == [sleepers[0].pid]
         assert proc_actions.resume_process(pid=sleepers[0].pid)["resumed"] == [sleepers[0].pid]
-        assert proc_actions.kill_process(name=r"^sleep 30$", max_processes=2)["pids"] == sorted(
+        assert proc_actions.kill_process(name=pattern, max_processes=2)["pids"] == sorted(
             p.pid for p in sleepers)
     finally:
         for p in sleepers:
