@@ -16,6 +16,7 @@ from forge_slo.spec.loader import (
     parse_duration_node,
     parse_labels,
     parse_name,
+    parse_slo_identity,
 )
 from forge_slo.spec.model import (
     PAGE,
@@ -58,13 +59,7 @@ def from_sloth(doc: Node) -> ServiceSpec:
     for entry in items["slos"].sequence():
         slo = entry.mapping({"name", "objective", "description", "sli", "alerting", "labels"},
                             required=("name", "objective", "sli"))
-        name = parse_name(slo["name"])
-        if name in names:
-            slo["name"].fail(f"duplicate SLO name {name!r}")
-        names.add(name)
-        objective = slo["objective"].number()
-        if not 0 < objective < 100:
-            slo["objective"].fail(f"objective must be between 0 and 100 (exclusive), got {objective:g}")
+        name, objective = parse_slo_identity(slo, names)
         sli = slo["sli"].mapping({"events", "raw", "plugin"})
         if "events" not in sli:
             kind = next(iter(sli), "nothing")

@@ -332,14 +332,7 @@ def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolic
     for entry in entries:
         items = entry.mapping({"name", "objective", "sli", "description", "labels", "alert_name"},
                               required=("name", "objective", "sli"))
-        name = parse_name(items["name"])
-        if name in names:
-            items["name"].fail(f"duplicate SLO name {name!r}")
-        names.add(name)
-        objective = items["objective"].number()
-        if not 0 < objective < 100:
-            items["objective"].fail(f"objective is a percentage of good requests and must be between 0 and 100 "
-                                    f"(exclusive), got {objective:g}")
+        name, objective = parse_slo_identity(items, names)
         budget = 1 - objective / 100
         for policy in (page, ticket):
             for window in policy.windows if policy.enabled else ():
@@ -357,6 +350,19 @@ def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolic
             alert_name=parse_alert_name(items["alert_name"]) if "alert_name" in items else "",
         ))
     return tuple(slos)
+
+
+def parse_slo_identity(items: dict[str, Node], seen: set[str]) -> tuple[str, float]:
+    """An SLO's name (unique among ``seen``, which it joins) and objective, for every spec format."""
+    name = parse_name(items["name"])
+    if name in seen:
+        items["name"].fail(f"duplicate SLO name {name!r}")
+    seen.add(name)
+    objective = items["objective"].number()
+    if not 0 < objective < 100:
+        items["objective"].fail(f"objective is a percentage of good requests and must be between 0 and 100 "
+                                f"(exclusive), got {objective:g}")
+    return name, objective
 
 
 def parse_alert_name(node: Node) -> str:
