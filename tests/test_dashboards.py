@@ -24,7 +24,7 @@ from forge_slo.promql import parse_error
 from forge_slo.spec import ServiceSpec, load_specs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT.parent / "shared/grafana/dashboard.jsonschema.json"
+SCHEMA_PATH = REPO_ROOT / "tests/data/grafana/dashboard.jsonschema.json"  # vendored; see its README
 SPEC_DIR = REPO_ROOT / "slo_specs"
 
 INLINE_SPECS: dict[str, str] = {
@@ -118,8 +118,8 @@ CASES = [f"inline:{name}" for name in INLINE_SPECS] + [f"repo:{p.name}" for p in
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     if not path.is_file():
-        pytest.fail(f"Grafana's dashboard JSON schema is missing: looked for {path} (the shared/grafana "
-                    "directory next to the repository); the dashboards cannot be validated without it")
+        pytest.fail(f"Grafana's dashboard JSON schema is missing: looked for {path} (vendored "
+                    "in tests/data/grafana); the dashboards cannot be validated without it")
     schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return schema
 
