@@ -33,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile specs into rules, alerts, promtool tests and dashboards",
                        description="Compile specs into DIR/prometheus/<service>.rules.yaml, "
                                    "DIR/promtool-tests/<service>.test.yaml and DIR/grafana/<service>.json plus "
-                                   "DIR/grafana/overview.json. The directories forge-slo writes are replaced "
-                                   "whole; nothing is written when any spec is invalid.", epilog=EPILOG)
+                                   "DIR/grafana/overview.json. forge-slo writes and removes only files it "
+                                   "generated (listed in each folder's .forge-slo-manifest) and never replaces "
+                                   "a file it did not write; nothing is written when any spec is invalid.",
+                       epilog=EPILOG)
     p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or directories")
     p.add_argument("--out", "-o", required=True, metavar="DIR", type=Path, help="output directory")
     p.add_argument("--format", default="prometheus", choices=("prometheus", "prometheus-operator"),
@@ -122,7 +124,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from forge_slo.compile.pipeline import OWNED_DIRS, compile_specs
-    from forge_slo.output import stale_files, write_tree
+    from forge_slo.output import stale_files, write_output
     from forge_slo.spec import load_specs
 
     specs = load_specs(args.paths)
@@ -141,12 +143,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
             return 1
         print(f"up to date ({len(result.artifacts)} files)")
         return 0
-    write_tree(result.artifacts, targets)
+    plans = write_output(result.artifacts, targets)
     slos = sum(len(s.slos) for s in specs)
     print(f"compiled {len(specs)} services, {slos} SLOs into {len(result.artifacts)} files")
-    for artifact in result.artifacts:
-        top, _, rest = artifact.path.partition("/")
-        print(f"  {targets[top] / rest}")
+    for plan in plans:
+        for rel in sorted(plan.files):
+            print(f"  {plan.path / rel}")
+        for rel in plan.stale:
+            print(f"  removed {plan.path / rel} (no spec produces it any more)")
     return 0
 
 

@@ -100,16 +100,26 @@ class PrometheusHandle:
 def start_prometheus(tmp_path: Path, scrape_targets: list[str], rule_files: Sequence[Path] = (),
                      interval: str = "1s", *, job: str = "forge-slo-test",
                      startup_timeout: float = 30.0,
-                     target_labels: dict[str, dict[str, str]] | None = None) -> PrometheusHandle:
+                     target_labels: dict[str, dict[str, str]] | None = None,
+                     run_as: str | None = None) -> PrometheusHandle:
     """Start Prometheus scraping ``scrape_targets`` (host:port) every ``interval``, with ``rule_files``.
 
     ``target_labels`` maps a target to labels Prometheus adds to all its series (e.g. ``deployment``).
+    ``rule_files`` may hold globs, as a real configuration does. ``run_as`` names another user to run it as
+    (needs root; its work folder is handed to that user), the way a packaged Prometheus runs.
     """
     workdir = tmp_path / f"prometheus-{free_port()}"
     workdir.mkdir(parents=True)
+    prefix: list[str] = []
+    if run_as is not None:
+        import pwd
+
+        user = pwd.getpwnam(run_as)
+        prefix = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
+        os.chown(workdir, user.pw_uid, user.pw_gid)
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
-        "rule_files": [str(Path(p).resolve()) for p in rule_files],
+        "rule_files": [str(Path(p).absolute()) for p in rule_files],
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(scrape_targets)}]}],
     }
     if target_labels is not None:
@@ -120,8 +130,10 @@ def start_prometheus(tmp_path: Path, scrape_targets: list[str], rule_files: Sequ
     port = free_port()
     log_path = workdir / "prometheus.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed by PrometheusHandle.stop
+    if run_as is not None:
+        os.chown(config_path, user.pw_uid, user.pw_gid)
     process = subprocess.Popen(
-        [PROMETHEUS_BIN, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
+        [*prefix, PROMETHEUS_BIN, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
     )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
 
 import promql_parser
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from forge_slo.compile.pipeline import compile_specs
 from forge_slo.errors import SpecErrors
@@ -98,7 +101,7 @@ def test_recompile_removes_files_of_removed_services(tmp_path: Path) -> None:
     (tmp_path / "old.yaml").unlink()
     write(tmp_path, GOOD, "chat.yaml")
     assert run_cli("compile", str(tmp_path / "chat.yaml"), "--out", str(out)).returncode == 0
-    assert sorted(p.name for p in (out / "prometheus").iterdir()) == ["chat.rules.yaml"]
+    assert sorted(p.name for p in (out / "prometheus").iterdir()) == [".forge-slo-manifest", "chat.rules.yaml"]
 
 
 HOSTILE = '"}) or vector(1) # \\ \n {{ $value }} \'x\''
@@ -260,3 +263,61 @@ def test_openslo_aggregated_counter_query_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecErrors) as info:
         load_specs([write(tmp_path, text)])
     assert "must be a plain series selector" in str(info.value)
+
+
+# Outputs proven by their consumers -------------------------------------------------------------------------
+
+_PRESET_ALIASES = {"vllm": ("ttft", "e2e", "queue"), "sglang": ("ttft", "e2e"), "tgi": ("e2e", "queue"),
+                   "triton": ("ttft",)}
+
+
+@st.composite
+def _specs(draw: st.DrawFn) -> str:
+    from forge_slo.spec.presets import PRESETS
+
+    preset = draw(st.sampled_from(sorted(_PRESET_ALIASES)))
+    slos = []
+    for i in range(draw(st.integers(1, 3))):
+        digits = draw(st.integers(0, 6))
+        objective = round(draw(st.floats(95.0, 100 - 10 ** -digits, allow_nan=False)), digits)
+        if draw(st.booleans()):
+            alias = draw(st.sampled_from(_PRESET_ALIASES[preset]))
+            histogram = PRESETS[preset].histograms[alias]
+            bound = draw(st.sampled_from(histogram.buckets)) * histogram.unit_seconds
+            sli = f"{{latency: {{metric: {alias}, threshold: {bound!r}}}}}"
+        else:
+            sli = "{availability: {}}"
+        slos.append(f"  - {{name: s{i}, objective: {objective!r}, sli: {sli}}}")
+    period = draw(st.sampled_from(["7d", "28d", "30d"]))
+    group_by = draw(st.sampled_from(["", "group_by: [model_name]\n"])) if preset != "tgi" else ""
+    return (f"apiVersion: forge-slo/v1\nkind: ServiceSLO\nservice: gen\npreset: {preset}\nperiod: {period}\n"
+            f"{group_by}slos:\n" + "\n".join(slos) + "\n")
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_specs())
+def test_any_valid_spec_compiles_to_rules_promtool_loads_and_tests_that_pass(text: str, tmp_path: Path,
+                                                                            promtool: str) -> None:
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    spec = write(folder, text)
+    result = run_cli("compile", str(spec), "--out", str(folder / "out"))
+    assert result.returncode == 0, f"{text}\n{result.stderr}"
+    check = subprocess.run([promtool, "check", "rules", str(folder / "out/prometheus/gen.rules.yaml")],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, f"{text}\n{check.stdout}{check.stderr}"
+    tests = subprocess.run([promtool, "test", "rules", "gen.test.yaml"], cwd=folder / "out/promtool-tests",
+                           capture_output=True, text=True, timeout=300)
+    assert tests.returncode == 0, f"{text}\n{tests.stdout[-2000:]}"
+
+
+@pytest.mark.parametrize("objective, accepted", [("99.999999", True), ("99.9999999", False),
+                                                 ("99.99999999999999", False)])
+def test_objectives_beyond_what_the_rules_compute_exactly_are_refused(tmp_path: Path, objective: str,
+                                                                      accepted: bool) -> None:
+    spec = write(tmp_path, GOOD.replace("objective: 99.9\n", f"objective: {objective}\n"))
+    result = run_cli("validate", str(spec))
+    if accepted:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 2
+        assert "slos[2].objective:" in result.stderr and "smallest forge-slo computes exactly" in result.stderr

@@ -125,16 +125,21 @@ def test_single_process_figures_match_the_simulators_timing(sim: SimProcess, spe
     s = summary_of(out)
     (stage,) = s["stages"]
     lat = stage["latency"]
-    # The simulator promises TTFT 50 ms and a token every 10 ms; loopback, one client core on a shared box.
-    assert TTFT <= lat["ttft_s"]["p50"] <= TTFT + 0.006, lat["ttft_s"]
-    assert lat["ttft_s"]["p99"] <= TTFT + 0.025, lat["ttft_s"]
-    assert ITL - 0.0015 <= lat["itl_s"]["p50"] <= ITL + 0.0015, lat["itl_s"]
-    assert ITL - 0.001 <= lat["tpot_s"]["p50"] <= ITL + 0.0015, lat["tpot_s"]
+    # The simulator promises TTFT 50 ms and a token every 10 ms. The client can only see them later, never
+    # earlier: lower bounds are the configured timing, upper bounds leave room for a machine busy with other
+    # work (how close the client's clock is on a quiet machine is benchmarks/load_fidelity.py's job).
+    assert TTFT <= lat["ttft_s"]["p50"] <= TTFT + 0.1, lat["ttft_s"]
+    assert lat["ttft_s"]["p50"] <= lat["ttft_s"]["p99"] <= TTFT + 0.5, lat["ttft_s"]
+    assert ITL - 0.0015 <= lat["itl_s"]["p50"] <= ITL + 0.01, lat["itl_s"]
+    assert ITL - 0.001 <= lat["tpot_s"]["p50"] <= ITL + 0.01, lat["tpot_s"]
     e2e = TTFT + 19 * ITL
-    assert e2e <= lat["e2e_s"]["p50"] <= e2e + 0.015, lat["e2e_s"]
-    assert stage["failed"] == 0 and stage["requests"] > 20
-    # Closed loop: 4 streams of about 0.24 s each.
-    assert 4 / (e2e + 0.03) <= stage["requests_per_s"] <= 4 / e2e * 1.05
+    assert e2e <= lat["e2e_s"]["p50"] <= e2e + 0.3, lat["e2e_s"]
+    # The parts add up: e2e is TTFT plus 19 gaps of the request's own TPOT.
+    assert lat["e2e_s"]["p50"] == pytest.approx(lat["ttft_s"]["p50"] + 19 * lat["tpot_s"]["p50"], rel=0.2)
+    assert stage["failed"] == 0 and stage["requests"] > 8
+    # Closed loop: 4 streams, each one request after another, so 4 / e2e is the ceiling.
+    assert stage["requests_per_s"] <= 4 / e2e * 1.05
+    assert stage["requests_per_s"] >= 4 / (lat["e2e_s"]["p50"] * 2), (stage["requests_per_s"], lat["e2e_s"])
     assert stage["output_tokens_per_s"] == pytest.approx(stage["requests_per_s"] * 20)
     assert stage["tokens_from_usage"] == stage["succeeded"]
     assert stage["finish_reasons"] == {"length": stage["succeeded"]}

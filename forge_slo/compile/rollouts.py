@@ -19,13 +19,13 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from forge_slo import promql
+from forge_slo import gotemplate, promql
 from forge_slo.compile import yamlout
 from forge_slo.spec.model import SLO, AvailabilitySLI, LatencySLI, ServiceSpec
 from forge_slo.spec.presets import CounterTerm
 
 if TYPE_CHECKING:
-    from forge_slo.compile.pipeline import Artifact
+    from forge_slo.compile.artifact import Artifact
 
 GATE_URL = "http://forge-slo-gate.forge-slo.svc:8080"
 GATE_SECRET = "forge-slo-gate"
@@ -47,7 +47,7 @@ def dns_name(*parts: str) -> str:
 
 
 def _header(spec: ServiceSpec, what: str) -> str:
-    from forge_slo.compile.pipeline import header
+    from forge_slo.compile.artifact import header
 
     return f"{header(spec)}\n{what}"
 
@@ -122,7 +122,9 @@ def _flagger_matchers(spec: ServiceSpec) -> list[str]:
 
 
 def _rate_sum(spec: ServiceSpec, metric: str, extra: list[str]) -> str:
-    return f"sum({promql.rate(promql.selector(metric, spec.selector, extra), FLAGGER_INTERVAL)})"
+    # Flagger renders the query as a Go template: the spec's values must come out as written.
+    selector = {key: gotemplate.literal(value) for key, value in spec.selector.items()}
+    return f"sum({promql.rate(promql.selector(metric, selector, extra), FLAGGER_INTERVAL)})"
 
 
 def _terms(spec: ServiceSpec, terms: Sequence[CounterTerm]) -> str:
@@ -205,7 +207,7 @@ def _canary_snippet(spec: ServiceSpec) -> str:
 
 def rollout_artifacts(specs: Sequence[ServiceSpec]) -> list[Artifact]:
     """``rollouts/<service>.analysistemplate.yaml`` and ``rollouts/<service>.metrictemplate.yaml`` per spec."""
-    from forge_slo.compile.pipeline import Artifact
+    from forge_slo.compile.artifact import Artifact
 
     out: list[Artifact] = []
     for spec in specs:

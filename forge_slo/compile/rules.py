@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from forge_slo import conventions as cv
-from forge_slo import promql
+from forge_slo import gotemplate, promql
 from forge_slo.compile.sli import sli_queries
 from forge_slo.durations import format_duration
 from forge_slo.spec.model import SLO, AlertPolicy, BurnWindow, GpuPool, LatencySLI, ServiceSpec
@@ -137,11 +137,6 @@ def _group_text(spec: ServiceSpec) -> str:
     return " for " + ", ".join(f"{label}={{{{ $labels.{label} }}}}" for label in spec.group_by)
 
 
-def _safe(text: str) -> str:
-    """Spec text placed in an annotation: template braces are shown, never executed."""
-    return text.replace("{{", "{{`{{`}}")
-
-
 def burn_annotations(spec: ServiceSpec, slo: SLO, policy: AlertPolicy, window: BurnWindow) -> dict[str, str]:
     long_w, short_w = format_duration(window.long_seconds), format_duration(window.short_seconds)
     period = format_duration(spec.period_seconds)
@@ -155,7 +150,7 @@ def burn_annotations(spec: ServiceSpec, slo: SLO, policy: AlertPolicy, window: B
             f"Over the last {long_w} (confirmed by the last {short_w}) the error ratio of {slo.name} was "
             f"{{{{ $value | printf \"%.1f\" }}}} times what the {objective}% objective allows. The {policy.severity} "
             f"threshold is {factor}x: at that rate {budget_spent:.0%} of the {period} error budget is gone within "
-            f"{long_w}." + (f" SLO: {_safe(slo.description)}" if slo.description else "")),
+            f"{long_w}." + (f" SLO: {gotemplate.literal(slo.description)}" if slo.description else "")),
         "action": (
             f"Open the {spec.service} dashboard: find which {' and '.join(spec.group_by) or 'part of the service'} "
             "burns and whether errors, latency or traffic changed; if a deploy or config change lines up, roll it "
@@ -182,7 +177,7 @@ def alerts(spec: ServiceSpec, slo: SLO) -> list[Rule]:
 
 def literal_labels(labels: dict[str, str]) -> dict[str, str]:
     """Prometheus expands templates in alert labels too: spec values must come out as written."""
-    return {k: _safe(v) for k, v in labels.items()}
+    return {k: gotemplate.literal(v) for k, v in labels.items()}
 
 
 def absent_labels(spec: ServiceSpec, slo: SLO) -> dict[str, str]:

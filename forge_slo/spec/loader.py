@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from forge_slo import promql
+from forge_slo import gotemplate, promql
 from forge_slo.durations import format_duration, parse_duration
 from forge_slo.errors import SpecError, SpecErrors
 from forge_slo.spec.model import (
@@ -36,6 +36,8 @@ KIND = "ServiceSLO"
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 RESERVED_LABEL_PREFIX = "forge_slo_"
 DEFAULT_FOR = {PAGE: 120.0, TICKET: 600.0}
+# Budgets below this lose digits in the rules' arithmetic and text (and no fleet measures them honestly).
+MIN_BUDGET_PERCENT = 1e-6
 
 
 def spec_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -286,9 +288,25 @@ def parse_policy(node: Node | None, severity: str, defaults: tuple[BurnWindow, .
         windows=windows,
         for_seconds=parse_for(items["for"]) if "for" in items else DEFAULT_FOR[severity],
         labels=frozen_map(parse_labels(items["labels"]) if "labels" in items else {}),
-        annotations=frozen_map(items["annotations"].string_map() if "annotations" in items else {}),
+        annotations=frozen_map(parse_annotations(items["annotations"]) if "annotations" in items else {}),
         enabled=not items["disabled"].boolean() if "disabled" in items else True,
     )
+
+
+def parse_annotations(node: Node) -> dict[str, str]:
+    """Alert annotations: label-name keys, values Prometheus can load as Go templates."""
+    out: dict[str, str] = {}
+    for key, value in node.items():
+        if not promql.is_label_name(key):
+            Node(None, node.file, value.line, node.child_path(key)).fail(
+                f"{key!r} is not a valid annotation name (letters, digits and '_', not starting with a digit)")
+        text = value.string(non_empty=False)
+        problem = gotemplate.template_error(text)
+        if problem:
+            value.fail(f"not a template Prometheus can load ({problem}); for a literal '{{{{' write "
+                       "{{`{{`}}")
+        out[key] = text
+    return out
 
 
 def parse_for(node: Node) -> float:
@@ -362,6 +380,10 @@ def parse_slo_identity(items: dict[str, Node], seen: set[str]) -> tuple[str, flo
     if not 0 < objective < 100:
         items["objective"].fail(f"objective is a percentage of good requests and must be between 0 and 100 "
                                 f"(exclusive), got {objective:g}")
+    if round(100 - objective, 10) < MIN_BUDGET_PERCENT:
+        items["objective"].fail(f"{objective!r} leaves an error budget of {100 - objective:.3g}%, below the "
+                                f"smallest forge-slo computes exactly ({MIN_BUDGET_PERCENT:g}%): use at most "
+                                f"{100 - MIN_BUDGET_PERCENT:.6f}")
     return name, objective
 
 
