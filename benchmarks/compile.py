@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from forge_slo.compile.dashboards import dashboard_artifacts
-from forge_slo.compile.pipeline import OWNED_DIRS, compile_specs
-from forge_slo.output import write_tree
+from forge_slo.compile import dashboards
+from forge_slo.compile.pipeline import PRODUCERS, compile_specs
+from forge_slo.compile.producer import CompileOptions
+from forge_slo.output import write_output
 from forge_slo.spec import load_specs
 
 TTFT_BOUNDS = [0.1, 0.25, 0.5, 0.75, 1.0, 2.5]
@@ -63,11 +64,11 @@ def main() -> int:
             t1 = time.perf_counter()
             specs = load_specs([specs_dir])
             t2 = time.perf_counter()
-            result = compile_specs(specs, dashboards=False)
+            result = compile_specs(specs, skip=[dashboards.PRODUCER.name])
             t3 = time.perf_counter()
-            boards = dashboard_artifacts(specs)
+            boards, _ = dashboards.PRODUCER.artifacts(specs, CompileOptions())
             t4 = time.perf_counter()
-            write_tree(result.artifacts + boards, {d: Path(tmp) / "out" / d for d in OWNED_DIRS})
+            write_output(result.artifacts + boards, {pr.folder: Path(tmp) / "out" / pr.folder for pr in PRODUCERS})
             t5 = time.perf_counter()
             rows.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, (t3 - t1) + (t5 - t4), t5 - t1))
         n_slos = sum(len(s.slos) for s in specs)

@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from forge_slo import conventions as cv
-from forge_slo.compile.pipeline import rules_document
+from forge_slo.compile.rules import rules_document
 from forge_slo.compile.sli import sli_queries
 from forge_slo.spec import load_specs
 

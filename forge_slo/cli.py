@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from forge_slo import __version__
+from forge_slo.compile.pipeline import PRODUCERS, compile_specs, formats
 from forge_slo.errors import ForgeError, SpecErrors
 
 EPILOG = ("Exit codes: 0 success, 1 failure (stale output, an SLO missed, a canary failed, a runner error), "
@@ -31,23 +33,26 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("compile", help="compile specs into rules, alerts, promtool tests and dashboards",
-                       description="Compile specs into DIR/prometheus/<service>.rules.yaml, "
-                                   "DIR/promtool-tests/<service>.test.yaml and DIR/grafana/<service>.json plus "
-                                   "DIR/grafana/overview.json. forge-slo writes and removes only files it "
-                                   "generated (listed in each folder's .forge-slo-manifest) and never replaces "
-                                   "a file it did not write; nothing is written when any spec is invalid.",
-                       epilog=EPILOG)
+                       description="Compile specs into one folder per output under DIR: "
+                                   + "; ".join(f"{pr.folder}/: {pr.description}" for pr in PRODUCERS)
+                                   + ". forge-slo writes and removes only files it generated (listed in each "
+                                   "folder's .forge-slo-manifest) and never replaces a file it did not write; "
+                                   "nothing is written when any spec is invalid.", epilog=EPILOG)
     p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or directories")
     p.add_argument("--out", "-o", required=True, metavar="DIR", type=Path, help="output directory")
-    p.add_argument("--format", default="prometheus", choices=("prometheus", "prometheus-operator"),
-                   help="rule file format: plain Prometheus rule files (default) or PrometheusRule custom "
-                        "resources for the prometheus-operator")
-    p.add_argument("--grafana-out", metavar="DIR", type=Path,
-                   help="write the dashboards here instead of DIR/grafana (e.g. a Grafana provisioning folder)")
-    p.add_argument("--no-dashboards", action="store_true", help="skip the Grafana dashboards")
+    choices = formats()
+    p.add_argument("--format", default=next(iter(choices)), choices=tuple(choices),
+                   help="; ".join(f"{name}: {text}" for name, text in choices.items())
+                   + f" (default {next(iter(choices))})")
+    for producer in PRODUCERS:
+        p.add_argument(f"--{producer.folder}-out", metavar="DIR", type=Path, dest=_folder_dest(producer.folder),
+                       help=f"write the {producer.description} here instead of DIR/{producer.folder}")
+        if producer.optional:
+            p.add_argument(f"--no-{producer.name}", action="append_const", const=producer.name, dest="skip",
+                           help=f"skip the {producer.description}")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if DIR differs from what the specs compile to (for CI)")
-    p.set_defaults(func=cmd_compile)
+    p.set_defaults(func=cmd_compile, skip=[])
 
     from forge_slo.sim.command import DESCRIPTION as SIM_DESCRIPTION
     from forge_slo.sim.command import EPILOG as SIM_EPILOG
@@ -122,18 +127,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folder_dest(folder: str) -> str:
+    return "out_" + folder.replace("-", "_")
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
-    from forge_slo.compile.pipeline import OWNED_DIRS, compile_specs
+    from forge_slo.compile.producer import CompileOptions
     from forge_slo.output import stale_files, write_output
     from forge_slo.spec import load_specs
 
     specs = load_specs(args.paths)
-    result = compile_specs(specs, args.format, dashboards=not args.no_dashboards)
+    targets = {pr.folder: getattr(args, _folder_dest(pr.folder)) or args.out / pr.folder for pr in PRODUCERS
+               if pr.name not in args.skip}
+    root = os.path.abspath(args.out)
+    folders = {name: os.path.relpath(os.path.abspath(path), root) for name, path in targets.items()}
+    result = compile_specs(specs, CompileOptions(format=args.format, folders=folders), skip=args.skip)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    targets = {name: args.out / name for name in OWNED_DIRS}
-    if args.grafana_out is not None:
-        targets["grafana"] = args.grafana_out
     if args.check:
         problems = stale_files(result.artifacts, targets)
         for problem in problems:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from forge_slo.compile.pipeline import rules_document
+from forge_slo.compile.rules import rules_document
 from forge_slo.spec import load_specs
 from tests.conftest import run_promtool_tests
 

@@ -28,7 +28,8 @@ from scipy import stats as scipy_stats
 from forge_slo.canary import checks, stats
 from forge_slo.canary.model import JudgeConfig
 from forge_slo.canary.selectors import SelectorError, parse_selector
-from forge_slo.compile.rollouts import rollout_artifacts
+from forge_slo.compile import rollouts
+from forge_slo.compile.producer import CompileOptions
 from forge_slo.sim import SimProcess
 from forge_slo.sources.records import RequestRecord
 from forge_slo.spec import load_specs
@@ -288,8 +289,8 @@ def test_bad_input_exits_2_with_a_reason(tmp_path: Path, spec_file: Path) -> Non
 
 def test_rollout_templates_have_argo_and_flagger_structure() -> None:
     specs = load_specs([str(REPO / "slo_specs")])
-    artifacts = {a.path: a.content for a in rollout_artifacts(specs)}
-    assert artifacts == {a.path: a.content for a in rollout_artifacts(specs)}  # deterministic
+    artifacts = {a.path: a.content for a in rollouts.PRODUCER.artifacts(specs, CompileOptions())[0]}
+    assert artifacts == {a.path: a.content for a in rollouts.PRODUCER.artifacts(specs, CompileOptions())[0]}
     chat = specs[[s.service for s in specs].index("chat")]
     argo = yaml.safe_load(artifacts["rollouts/chat.analysistemplate.yaml"])
     assert argo["apiVersion"] == "argoproj.io/v1alpha1" and argo["kind"] == "AnalysisTemplate"

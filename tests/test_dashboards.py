@@ -12,16 +12,23 @@ import jsonschema
 import pytest
 
 from forge_slo import conventions as cv
-from forge_slo.compile.dashboard_lint import lint_dashboard, lint_query
+from forge_slo.compile.artifact import Artifact
 from forge_slo.compile.dashboards import (
     OVERVIEW_UID,
-    dashboard_artifacts,
     dashboard_uid,
-    panel_queries,
     serialise,
 )
+from forge_slo.compile.producer import CompileOptions
 from forge_slo.promql import parse_error
 from forge_slo.spec import ServiceSpec, load_specs
+from tests.dashboard_lint import lint_dashboard, lint_query, panel_queries
+
+
+def _dashboard_artifacts(specs: list[ServiceSpec]) -> list[Artifact]:
+    from forge_slo.compile import dashboards
+
+    return dashboards.PRODUCER.artifacts(specs, CompileOptions())[0]
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "tests/data/grafana/dashboard.jsonschema.json"  # vendored; see its README
@@ -152,7 +159,7 @@ def all_inline_specs(tmp_path: Path) -> list[ServiceSpec]:
 
 
 def dashboards(specs: list[ServiceSpec]) -> dict[str, dict[str, Any]]:
-    return {a.path: json.loads(a.content) for a in dashboard_artifacts(specs)}
+    return {a.path: json.loads(a.content) for a in _dashboard_artifacts(specs)}
 
 
 def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -214,14 +221,14 @@ def test_panels_have_unique_ids_and_non_overlapping_positions(case: str, tmp_pat
 
 def test_compile_writes_one_dashboard_per_service_and_an_overview(tmp_path: Path) -> None:
     specs = all_inline_specs(tmp_path)
-    paths = [a.path for a in dashboard_artifacts(specs)]
+    paths = [a.path for a in _dashboard_artifacts(specs)]
     assert sorted(paths) == sorted([f"grafana/{s.service}.json" for s in specs] + ["grafana/overview.json"])
 
 
 def test_output_is_deterministic_sorted_json(tmp_path: Path) -> None:
     specs = all_inline_specs(tmp_path)
-    first = dashboard_artifacts(specs)
-    second = dashboard_artifacts(list(reversed(specs)))
+    first = _dashboard_artifacts(specs)
+    second = _dashboard_artifacts(list(reversed(specs)))
     assert [(a.path, a.content) for a in first] == [(a.path, a.content) for a in second]
     for artifact in first:
         parsed = json.loads(artifact.content)

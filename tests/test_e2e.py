@@ -15,12 +15,14 @@ import pytest
 from prom_fixture import PrometheusHandle, start_prometheus
 
 from forge_slo import conventions as cv
-from forge_slo.compile.dashboards import dashboard_artifacts, panel_queries
-from forge_slo.compile.pipeline import rules_document
+from forge_slo.compile import dashboards
+from forge_slo.compile.producer import CompileOptions
+from forge_slo.compile.rules import rules_document
 from forge_slo.compile.yamlout import dump
 from forge_slo.sim import SimProcess
 from forge_slo.sources.prometheus import PrometheusClient
 from forge_slo.spec import load_specs
+from tests.dashboard_lint import panel_queries
 
 SPEC = """\
 apiVersion: forge-slo/v1
@@ -114,7 +116,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimProcess
     [spec] = load_specs([spec_path])
     rules = tmp / "e2e.rules.yaml"
     rules.write_text(dump(rules_document(spec)))
-    for artifact in dashboard_artifacts([spec]):
+    for artifact in dashboards.PRODUCER.artifacts([spec], CompileOptions())[0]:
         (tmp / Path(artifact.path).name).write_text(artifact.content)
     with SimProcess(SIM) as sim:
         prom = start_prometheus(tmp, [f"127.0.0.1:{sim.port}"], rule_files=[rules], interval="1s")

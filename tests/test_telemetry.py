@@ -21,7 +21,7 @@ from prom_fixture import prometheus_available, start_prometheus
 from prometheus_client.parser import text_string_to_metric_families
 
 from forge_slo import conventions as cv
-from forge_slo.compile.pipeline import rules_document
+from forge_slo.compile.rules import rules_document
 from forge_slo.compile.yamlout import dump
 from forge_slo.errors import SpecError
 from forge_slo.spec import load_specs

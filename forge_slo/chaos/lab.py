@@ -123,17 +123,17 @@ class Lab:
 
 def compile_rules(specs: Sequence[Path], out: Path) -> list[Path]:
     """The Prometheus rule files of ``specs`` (as ``forge-slo compile`` writes them) under ``out``."""
-    from forge_slo.compile.pipeline import compile_specs
+    from forge_slo.compile import rules
+    from forge_slo.compile.producer import CompileOptions
     from forge_slo.spec import load_specs
 
-    result = compile_specs(load_specs(list(specs)), "prometheus", dashboards=False)
+    produced = rules.PRODUCER.produce(load_specs(list(specs)), CompileOptions())
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for artifact in result.artifacts:
-        if artifact.path.startswith("prometheus/"):
-            path = out / Path(artifact.path).name
-            path.write_text(artifact.content, encoding="utf-8")
-            paths.append(path)
+    for name, text in sorted(produced.files.items()):
+        path = out / name
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
     return paths
 
 

@@ -13,22 +13,31 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from forge_slo import conventions as cv
 from forge_slo import promql
 from forge_slo.compile.artifact import GENERATED_MARK
+from forge_slo.compile.dashboard_model import (
+    DATASOURCE_TYPE,
+    DATASOURCE_VAR,
+    GRID_WIDTH,
+    Column,
+    Dashboard,
+    GridPos,
+    Link,
+    Panel,
+    PanelKind,
+    Row,
+    SeriesStyle,
+    Step,
+    Target,
+    Variable,
+)
+from forge_slo.compile.producer import CompileOptions, Produced, Producer
 from forge_slo.durations import format_duration
 from forge_slo.spec.model import PAGE, SLO, LatencySLI, ServiceSpec
-from forge_slo.spec.presets import PRESETS
 
-if TYPE_CHECKING:
-    from forge_slo.compile.artifact import Artifact
-
-GRID_WIDTH = 24
-DATASOURCE_VAR = "datasource"
-DATASOURCE_TYPE = "prometheus"
 TAG = "forge-slo"
 OVERVIEW_UID = "forge-slo-overview"
 RATE_INTERVAL = "$__rate_interval"
@@ -36,127 +45,6 @@ RATE_INTERVAL = "$__rate_interval"
 DASHBOARD_LINK_LABEL = "dashboard"
 
 RED, ORANGE, GREEN = "red", "orange", "green"
-
-
-# The project's description of a dashboard -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GridPos:
-    x: int
-    y: int
-    w: int
-    h: int
-
-
-@dataclass(frozen=True)
-class Target:
-    """One PromQL query of a panel. ``instant`` ones read the latest value; ``table`` ones return labels."""
-
-    expr: str
-    legend: str = ""
-    ref_id: str = "A"
-    instant: bool = False
-    table: bool = False
-
-
-@dataclass(frozen=True)
-class Step:
-    """A threshold step: values from ``value`` up take ``color`` (``None`` is the base step)."""
-
-    value: float | None
-    color: str
-
-
-@dataclass(frozen=True)
-class SeriesStyle:
-    """Draw the series whose legend is ``name`` in a fixed colour, dashed if asked."""
-
-    name: str
-    color: str
-    dashed: bool = False
-
-
-@dataclass(frozen=True)
-class Column:
-    """A table column: ``field`` as Grafana names it (a label, or ``Value #<ref_id>``), shown as ``title``."""
-
-    field: str
-    title: str
-    steps: tuple[Step, ...] = ()  # colour the cell background by these thresholds
-
-
-@dataclass(frozen=True)
-class Link:
-    title: str
-    url: str
-    tooltip: str = ""
-
-
-PanelKind = Literal["timeseries", "stat", "table"]
-ThresholdStyle = Literal["off", "line", "dashed", "line+area", "dashed+area"]
-
-
-@dataclass(frozen=True)
-class Panel:
-    """A visualisation. Every panel has a unit, a description and at least one query."""
-
-    id: int
-    kind: PanelKind
-    title: str
-    description: str
-    unit: str
-    targets: tuple[Target, ...]
-    grid: GridPos
-    steps: tuple[Step, ...] = ()
-    threshold_style: ThresholdStyle = "off"
-    min: float | None = None
-    max: float | None = None
-    time_from: str | None = None  # a relative range of its own, e.g. the SLO period
-    series: tuple[SeriesStyle, ...] = ()
-    columns: tuple[Column, ...] = ()  # tables only
-    data_links: tuple[Link, ...] = ()
-
-
-@dataclass(frozen=True)
-class Row:
-    id: int
-    title: str
-    y: int
-
-
-@dataclass(frozen=True)
-class Variable:
-    """A template variable: the Prometheus data source, or a label's values (``query``: label_values)."""
-
-    name: str
-    label: str
-    kind: Literal["datasource", "query"]
-    query: str
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Dashboard:
-    uid: str
-    title: str
-    description: str
-    tags: tuple[str, ...]
-    variables: tuple[Variable, ...]
-    panels: tuple[Panel | Row, ...]
-    links: tuple[Link, ...] = ()
-    time_from: str = "now-6h"
-    refresh: str = "1m"
-
-
-# Server metrics behind the traffic, errors and saturation panels -------------------------------------------
-# Kept here until they move into forge_slo/spec/presets.py; a preset missing here gets no such panels.
-
-
-# Gauges whose names end like counters (Triton's pending-request count ends in _count).
-SERVER_GAUGES: frozenset[str] = frozenset(
-    m for p in PRESETS.values() for m in (p.server.running, p.server.waiting, p.server.kv_cache_usage) if m
-)
 
 
 # Ids and names --------------------------------------------------------------------------------------------
@@ -702,54 +590,13 @@ def _pretty(value: Any, depth: int) -> str:
     return "[\n" + ",\n".join(f"{inner}{_pretty(v, depth + 1)}" for v in value) + f"\n{pad}]"
 
 
-def dashboard_artifacts(specs: Sequence[ServiceSpec]) -> list[Artifact]:
-    """``grafana/<service>.json`` for every service and ``grafana/overview.json``."""
-    from forge_slo.compile.artifact import Artifact
-
+def produce(specs: Sequence[ServiceSpec], options: CompileOptions) -> Produced:
+    """``<service>.json`` for every service and ``overview.json``."""
     ordered = sorted(specs, key=lambda s: s.service)
-    artifacts = [Artifact(f"grafana/{spec.service}.json", serialise(dashboard_json(service_dashboard(spec))))
-                 for spec in ordered]
-    overview = serialise(dashboard_json(overview_dashboard(ordered)))
-    artifacts.append(Artifact("grafana/overview.json", overview))
-    return artifacts
+    files = {f"{spec.service}.json": serialise(dashboard_json(service_dashboard(spec))) for spec in ordered}
+    files["overview.json"] = serialise(dashboard_json(overview_dashboard(ordered)))
+    return Produced(files)
 
 
-# Values Grafana puts in for its macros when a query runs; any real value parses the same way.
-MACRO_VALUES: Mapping[str, str] = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h"}
-VARIABLE_VALUE = ".*"
-_VARIABLE_RE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\$([A-Za-z0-9_]+)|\[\[([A-Za-z0-9_]+)\]\]")
-
-
-def substitute_macros(expr: str, variables: Iterable[str] = ()) -> str:
-    """``expr`` as Grafana sends it: macros replaced by durations, template variables by ``.*``."""
-    names = set(variables)
-
-    def replace(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2) or m.group(3)
-        if name in MACRO_VALUES:
-            return MACRO_VALUES[name]
-        if name in names:
-            return VARIABLE_VALUE
-        return m.group(0)
-
-    return _VARIABLE_RE.sub(replace, expr)
-
-
-def panel_queries(dashboard_json: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(panel title, PromQL)`` for every query of every panel, with Grafana's macros substituted."""
-    variables = [v.get("name", "") for v in dashboard_json.get("templating", {}).get("list", [])]
-    out: list[tuple[str, str]] = []
-    for panel in _all_panels(dashboard_json):
-        for target in panel.get("targets") or []:
-            expr = target.get("expr")
-            if isinstance(expr, str) and expr:
-                out.append((str(panel.get("title", "")), substitute_macros(expr, variables)))
-    return out
-
-
-def _all_panels(dashboard_json: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    panels: list[Mapping[str, Any]] = []
-    for panel in dashboard_json.get("panels") or []:
-        panels.append(panel)
-        panels.extend(panel.get("panels") or [])  # panels inside collapsed rows
-    return panels
+PRODUCER = Producer(name="dashboards", folder="grafana", description="Grafana dashboards (one per service and "
+                    "an overview)", produce=produce)

@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     from grafana_foundation_sdk.models import common, dashboard
     from grafana_foundation_sdk.models import prometheus as prometheus_models
 
-from forge_slo.compile.dashboards import (
+from forge_slo.compile.dashboard_model import (
     DATASOURCE_TYPE,
     DATASOURCE_VAR,
     GRID_WIDTH,

@@ -1,16 +1,30 @@
-"""From specs to artifacts: a small pipeline of pure steps. Writing files is the CLI's job."""
+"""From specs to artifacts: every producer in turn. Writing files is the CLI's job (forge_slo.output)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from forge_slo.compile import promtool_tests, rules, yamlout
-from forge_slo.compile.artifact import Artifact, header
+from forge_slo.compile import dashboards, promtool_tests, rollouts, rules
+from forge_slo.compile.artifact import Artifact
+from forge_slo.compile.producer import CompileOptions, Producer
 from forge_slo.spec.model import ServiceSpec
 
-FORMATS = ("prometheus", "prometheus-operator")
-OWNED_DIRS = ("prometheus", "promtool-tests", "grafana", "rollouts")
+# Every output of `forge-slo compile`, in the order they are written. One line per output.
+PRODUCERS: tuple[Producer, ...] = (
+    rules.PRODUCER,
+    promtool_tests.PRODUCER,
+    dashboards.PRODUCER,
+    rollouts.PRODUCER,
+)
+
+
+def formats() -> dict[str, str]:
+    """Every value of ``--format`` with its help line; the first is the default."""
+    out: dict[str, str] = {}
+    for producer in PRODUCERS:
+        out.update(producer.formats)
+    return out
 
 
 @dataclass
@@ -19,46 +33,18 @@ class CompileResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def rules_document(spec: ServiceSpec) -> dict[str, object]:
-    return {"groups": rules.rule_groups(spec)}
-
-
-def operator_document(spec: ServiceSpec) -> dict[str, object]:
-    """The same rules as a prometheus-operator PrometheusRule custom resource."""
-    return {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": {
-            "name": f"forge-slo-{spec.service.lower().replace('_', '-').replace('.', '-')}",
-            "labels": {"app.kubernetes.io/managed-by": "forge-slo", **dict(spec.labels)},
-        },
-        "spec": rules_document(spec),
-    }
-
-
-def compile_specs(specs: Sequence[ServiceSpec], fmt: str = "prometheus", dashboards: bool = True) -> CompileResult:
-    """Rules and promtool tests per service, and (unless ``dashboards`` is false) the Grafana dashboards."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}")
+def compile_specs(specs: Sequence[ServiceSpec], options: CompileOptions | None = None,
+                  skip: Iterable[str] = ()) -> CompileResult:
+    """What every producer (except those named in ``skip``) makes of ``specs``."""
+    options = options or CompileOptions()
+    if options.format not in formats():
+        raise ValueError(f"unknown format {options.format!r}")
+    skipped = set(skip)
     result = CompileResult()
-    for spec in specs:
-        rules_path = f"prometheus/{spec.service}.rules.yaml"
-        if fmt == "prometheus":
-            result.artifacts.append(Artifact(rules_path, yamlout.dump(rules_document(spec), header(spec))))
-            doc, warnings = promtool_tests.test_file(spec, f"../{rules_path}")
-            result.warnings.extend(warnings)
-            result.artifacts.append(Artifact(f"promtool-tests/{spec.service}.test.yaml",
-                                             yamlout.dump(doc, header(spec))))
-        else:
-            result.artifacts.append(Artifact(rules_path, yamlout.dump(operator_document(spec), header(spec))))
-    from forge_slo.compile.rollouts import rollout_artifacts
-
-    result.artifacts.extend(rollout_artifacts(specs))
-    if dashboards:
-        from forge_slo.compile.dashboards import dashboard_artifacts
-
-        result.artifacts.extend(dashboard_artifacts(specs))
-    if fmt == "prometheus-operator":
-        result.warnings.append("promtool tests are not written for --format prometheus-operator: promtool reads "
-                               "plain rule files; compile with --format prometheus to run them")
+    for producer in PRODUCERS:
+        if producer.name in skipped:
+            continue
+        artifacts, warnings = producer.artifacts(specs, options)
+        result.artifacts.extend(artifacts)
+        result.warnings.extend(warnings)
     return result

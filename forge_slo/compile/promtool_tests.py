@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from forge_slo import conventions as cv
 from forge_slo import promql
+from forge_slo.compile import yamlout
+from forge_slo.compile.artifact import header
+from forge_slo.compile.producer import CompileOptions, Produced, Producer
 from forge_slo.compile.rules import (
     CLOCK_EVENTS,
     ECC_DBE,
@@ -27,6 +31,7 @@ from forge_slo.compile.rules import (
     burn_annotations,
     gpu_alert_labels,
     gpu_alerts,
+    rules_file,
     slo_labels,
 )
 from forge_slo.durations import format_duration
@@ -318,3 +323,20 @@ def _cost_test(spec: ServiceSpec) -> dict[str, Any]:
             "exp_samples": [{"labels": labels, "value": 1}],
         }],
     }
+
+
+def produce(specs: Sequence[ServiceSpec], options: CompileOptions) -> Produced:
+    if options.format != "prometheus":
+        return Produced(warnings=[f"promtool tests are not written for --format {options.format}: promtool reads "
+                                  "plain rule files; compile with --format prometheus to run them"])
+    produced = Produced()
+    for spec in specs:
+        rules_path = options.path_between(PRODUCER.folder, "prometheus", rules_file(spec))
+        doc, warnings = test_file(spec, rules_path)
+        produced.files[f"{spec.service}.test.yaml"] = yamlout.dump(doc, header(spec))
+        produced.warnings.extend(warnings)
+    return produced
+
+
+PRODUCER = Producer(name="promtool-tests", folder="promtool-tests",
+                    description="promtool unit tests that prove every alert", produce=produce)

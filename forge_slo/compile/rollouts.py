@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from forge_slo import gotemplate, promql
 from forge_slo.compile import yamlout
+from forge_slo.compile.artifact import header
+from forge_slo.compile.producer import CompileOptions, Produced, Producer
 from forge_slo.spec.model import SLO, AvailabilitySLI, LatencySLI, ServiceSpec
 from forge_slo.spec.presets import CounterTerm
-
-if TYPE_CHECKING:
-    from forge_slo.compile.artifact import Artifact
 
 GATE_URL = "http://forge-slo-gate.forge-slo.svc:8080"
 GATE_SECRET = "forge-slo-gate"
@@ -47,8 +45,6 @@ def dns_name(*parts: str) -> str:
 
 
 def _header(spec: ServiceSpec, what: str) -> str:
-    from forge_slo.compile.artifact import header
-
     return f"{header(spec)}\n{what}"
 
 
@@ -205,11 +201,9 @@ def _canary_snippet(spec: ServiceSpec) -> str:
     return "\n".join(lines)
 
 
-def rollout_artifacts(specs: Sequence[ServiceSpec]) -> list[Artifact]:
-    """``rollouts/<service>.analysistemplate.yaml`` and ``rollouts/<service>.metrictemplate.yaml`` per spec."""
-    from forge_slo.compile.artifact import Artifact
-
-    out: list[Artifact] = []
+def produce(specs: Sequence[ServiceSpec], options: CompileOptions) -> Produced:
+    """``<service>.analysistemplate.yaml`` and ``<service>.metrictemplate.yaml`` per spec."""
+    files: dict[str, str] = {}
     for spec in specs:
         if not checks_of(spec):
             continue  # nothing a canary can be judged on (no latency or availability SLO)
@@ -218,8 +212,7 @@ def rollout_artifacts(specs: Sequence[ServiceSpec]) -> list[Artifact]:
                              "  args: [{name: stable-hash, valueFrom: {podTemplateHashValue: Stable}},\n"
                              "         {name: canary-hash, valueFrom: {podTemplateHashValue: Latest}}]\n"
                              f"Prometheus must keep the pod label as {HASH_LABEL} (labelmap of pod labels).")
-        out.append(Artifact(f"rollouts/{spec.service}.analysistemplate.yaml",
-                            yamlout.dump(analysis_template(spec), argo)))
+        files[f"{spec.service}.analysistemplate.yaml"] = yamlout.dump(analysis_template(spec), argo)
         docs = metric_templates(spec)
         skipped = [s.name for s in spec.slos if canary_error_ratio(spec, s) is None]
         note = _canary_snippet(spec)
@@ -228,5 +221,9 @@ def rollout_artifacts(specs: Sequence[ServiceSpec]) -> list[Artifact]:
         text = yamlout.dump(docs[0], _header(spec, note))
         for doc in docs[1:]:
             text += "---\n" + yamlout.dump(doc)
-        out.append(Artifact(f"rollouts/{spec.service}.metrictemplate.yaml", text))
-    return out
+        files[f"{spec.service}.metrictemplate.yaml"] = text
+    return Produced(files)
+
+
+PRODUCER = Producer(name="rollouts", folder="rollouts", description="Argo Rollouts AnalysisTemplates and Flagger "
+                    "MetricTemplates that call the canary gate", produce=produce)

@@ -6,10 +6,14 @@ Pure functions from a spec to plain data; writing files is the CLI's job.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from forge_slo import conventions as cv
 from forge_slo import gotemplate, promql
+from forge_slo.compile import yamlout
+from forge_slo.compile.artifact import header
+from forge_slo.compile.producer import CompileOptions, Produced, Producer
 from forge_slo.compile.sli import sli_queries
 from forge_slo.durations import format_duration
 from forge_slo.spec.model import SLO, AlertPolicy, BurnWindow, GpuPool, LatencySLI, ServiceSpec
@@ -299,3 +303,41 @@ def gpu_rules(spec: ServiceSpec, gpu: GpuPool) -> list[Rule]:
             alert.pop("for", None)
         rules.append(alert)
     return rules
+
+
+# Files ----------------------------------------------------------------------------------------------------
+
+def rules_document(spec: ServiceSpec) -> dict[str, Any]:
+    """A Prometheus rule file: ``{"groups": [...]}``."""
+    return {"groups": rule_groups(spec)}
+
+
+def operator_document(spec: ServiceSpec) -> dict[str, Any]:
+    """The same rules as a prometheus-operator PrometheusRule custom resource."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": f"forge-slo-{spec.service.lower().replace('_', '-').replace('.', '-')}",
+            "labels": {"app.kubernetes.io/managed-by": "forge-slo", **dict(spec.labels)},
+        },
+        "spec": rules_document(spec),
+    }
+
+
+def rules_file(spec: ServiceSpec) -> str:
+    """The rule file's name in the producer's folder."""
+    return f"{spec.service}.rules.yaml"
+
+
+def produce(specs: Sequence[ServiceSpec], options: CompileOptions) -> Produced:
+    document = operator_document if options.format == "prometheus-operator" else rules_document
+    return Produced({rules_file(spec): yamlout.dump(document(spec), header(spec)) for spec in specs})
+
+
+PRODUCER = Producer(
+    name="rules", folder="prometheus", description="Prometheus recording rules and burn-rate alerts",
+    produce=produce, optional=False,
+    formats={"prometheus": "plain Prometheus rule files",
+             "prometheus-operator": "PrometheusRule custom resources for the prometheus-operator"},
+)

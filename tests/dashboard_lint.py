@@ -7,12 +7,19 @@ parsed with promql-parser after Grafana's macros and template variables are subs
 from __future__ import annotations
 
 import datetime
-from collections.abc import Collection, Iterator, Mapping
+import re
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from forge_slo import promql
-from forge_slo.compile.dashboards import DATASOURCE_TYPE, DATASOURCE_VAR, SERVER_GAUGES, substitute_macros
+from forge_slo.compile.dashboard_model import DATASOURCE_TYPE, DATASOURCE_VAR
+from forge_slo.spec.presets import PRESETS
+
+# Gauges whose names end like counters (Triton's pending-request count ends in _count).
+SERVER_GAUGES: frozenset[str] = frozenset(
+    m for p in PRESETS.values() for m in (p.server.running, p.server.waiting, p.server.kv_cache_usage) if m
+)
 
 RATE_FUNCTIONS = frozenset({"rate", "irate", "increase"})
 COUNTER_SUFFIXES = ("_total", "_count", "_bucket", "_sum")
@@ -150,3 +157,46 @@ def _check_counter(selector: Any, in_rate: bool, ctx: _Context, problems: list[P
     if name.endswith(COUNTER_SUFFIXES) and name not in ctx.gauges and not in_rate:
         problems.append(Problem("target-counter-agg", ctx.where,
                                 f"counter {name} must be read through rate(), irate() or increase()"))
+
+
+# Queries as Grafana sends them ---------------------------------------------------------------------------
+
+# Values Grafana puts in for its macros when a query runs; any real value parses the same way.
+MACRO_VALUES: Mapping[str, str] = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h"}
+VARIABLE_VALUE = ".*"
+_VARIABLE_RE = re.compile(r"\$\{([A-Za-z0-9_]+)(?::[^}]*)?\}|\$([A-Za-z0-9_]+)|\[\[([A-Za-z0-9_]+)\]\]")
+
+
+def substitute_macros(expr: str, variables: Iterable[str] = ()) -> str:
+    """``expr`` as Grafana sends it: macros replaced by durations, template variables by ``.*``."""
+    names = set(variables)
+
+    def replace(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name in MACRO_VALUES:
+            return MACRO_VALUES[name]
+        if name in names:
+            return VARIABLE_VALUE
+        return m.group(0)
+
+    return _VARIABLE_RE.sub(replace, expr)
+
+
+def panel_queries(dashboard_json: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(panel title, PromQL)`` for every query of every panel, with Grafana's macros substituted."""
+    variables = [v.get("name", "") for v in dashboard_json.get("templating", {}).get("list", [])]
+    out: list[tuple[str, str]] = []
+    for panel in _all_panels(dashboard_json):
+        for target in panel.get("targets") or []:
+            expr = target.get("expr")
+            if isinstance(expr, str) and expr:
+                out.append((str(panel.get("title", "")), substitute_macros(expr, variables)))
+    return out
+
+
+def _all_panels(dashboard_json: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    panels: list[Mapping[str, Any]] = []
+    for panel in dashboard_json.get("panels") or []:
+        panels.append(panel)
+        panels.extend(panel.get("panels") or [])  # panels inside collapsed rows
+    return panels
