@@ -30,11 +30,6 @@ def quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def regex_quote(value: str) -> str:
-    """A PromQL string literal for a regex matching exactly ``value``."""
-    return quote(re.escape(value))
-
-
 def float_label_values(value: float) -> list[str]:
     """Every spelling a float takes in an ``le`` label.
 
