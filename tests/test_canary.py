@@ -785,7 +785,7 @@ def test_non_finite_values_from_any_source_make_the_check_invalid_never_a_pass()
     ttft = [c for c in verdict.checks if c.slo == "ttft"]
     assert {c.status for c in ttft} == {"invalid"}
     assert "the canary record with trace id 'c-7' has ttft_s = nan" in ttft[0].explanation
-    assert "ttft.shift: the canary record with trace id 'c-7'" in verdict.reason
+    assert "ttft.shift, ttft.p90, ttft.p99: the canary record with trace id 'c-7'" in verdict.reason
 
     # The judge's own guard: a source that hands it NaN counts gets an invalid check, even an advisory one.
     config = JudgeConfig(advisory=frozenset({"availability"}))

@@ -268,8 +268,11 @@ def _verdict(service: str, results: Sequence[CheckResult], skipped: Sequence[Ski
         # A source that answers NaN or negative counts is broken, not slow: waiting will not make the check
         # judgeable, so hold (as for an unreachable source), whether the check is critical or advisory.
         verdict, decision = "inconclusive", "hold"
+        why: dict[str, list[str]] = {}  # one problem (an SLO's data) usually spoils several checks
+        for r in invalid:
+            why.setdefault(r.explanation.removeprefix(_NOT_JUDGED), []).append(r.name)
         reason = "the source's data cannot be judged (fail closed): " + "; ".join(
-            f"{r.name}: {r.explanation.removeprefix(_NOT_JUDGED)}" for r in invalid)
+            f"{', '.join(names)}: {problem}" for problem, names in why.items())
     elif results and all(r.status == "pass" for r in results):
         verdict, decision = "pass", "promote"
         reason = f"every check is shown within its allowed limit ({took})"

@@ -26,6 +26,8 @@ from forge_slo.sources.records import RequestRecord
 from forge_slo.spec.model import SLO, AvailabilitySLI, LatencySLI, ServiceSpec, frozen_map
 from forge_slo.spec.presets import Histogram
 
+ARMS = ("baseline", "canary")
+
 # Histograms observed once per generated token: a request's observations are not independent, so their
 # counts are scaled down to the number of requests before judging (conservative).
 PER_TOKEN_METRICS = frozenset({
@@ -148,9 +150,6 @@ class PrometheusSource:
             values[arm] = (float(errors or 0.0), total)
         (e_b, n_b), (e_c, n_c) = values["baseline"], values["canary"]
         return ErrorData(e_b, n_b, e_c, n_c)
-
-
-ARMS = ("baseline", "canary")
 
 
 def _count_problem(value: float | None, what: str, query: str) -> InvalidData | None:

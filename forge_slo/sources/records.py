@@ -10,6 +10,11 @@ never rounded; timestamps are Unix seconds. The metric definitions are the proje
 - ``e2e_s``: request sent -> last byte.
 - ``output_tokens``: from the server's ``usage`` when given (``tokens_from`` says "usage"), else counted
   from the stream ("stream").
+
+Reading is strict and bounded: every line is UTF-8 JSON of at most ``MAX_LINE_BYTES`` holding only finite
+numbers; times are plausible Unix seconds, durations lie in [0, a day], counts are whole and bounded, and one
+file spans at most ``MAX_SPAN_S``. Anything else raises SourceError naming the file and line, so no later
+loop over the records' time span or values can be driven to an absurd size.
 """
 
 from __future__ import annotations
@@ -80,6 +85,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _check_duration(value: Any, key: str, where: str) -> float:
     if not _is_number(value) or not 0 <= value <= MAX_DURATION_S:
         raise SourceError(f"{where}: {key}: must be a number of seconds from 0 to {MAX_DURATION_S:g}, "
@@ -123,10 +132,10 @@ def _check_numbers(data: dict[str, Any], where: str) -> None:
     data["itl_s"] = tuple(_check_duration(v, f"itl_s[{i}]", where) for i, v in enumerate(itl))
     for key in _COUNTS:
         value = data.get(key)
-        if value is not None and (not _is_number(value) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS):
+        if value is not None and not _is_whole(value, 0, MAX_TOKENS):
             raise SourceError(f"{where}: {key}: must be a whole number from 0 to {MAX_TOKENS}, got {_show(value)}")
     status = data.get("status")
-    if status is not None and (not _is_number(status) or not isinstance(status, int) or not 100 <= status <= 999):
+    if status is not None and not _is_whole(status, 100, 999):
         raise SourceError(f"{where}: status: must be an HTTP status (100-999) or null, got {_show(status)}")
 
 
