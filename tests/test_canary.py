@@ -4,6 +4,9 @@ simulators scraped by a real Prometheus, and the statistics' guarantees checked 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import http.server
 import json
 import math
 import os
@@ -11,8 +14,10 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -542,3 +547,257 @@ def test_end_to_end_slow_canary_fails_identical_does_not_and_stopped_prometheus_
     verdict = json.loads(run.stdout)
     assert verdict["verdict"] == "inconclusive" and "Prometheus is unreachable" in verdict["reason"]
     _assert_every_gate_route_is_inconclusive(cluster.gate.url)
+
+
+# ---------------------------------------------------------------------------------------------- fail closed
+
+SINGLE_SLO_SPECS = {
+    "availability": "{name: availability, objective: 99.9, sli: {availability: {}}}",
+    "ttft": "{name: ttft, objective: 99, sli: {latency: {metric: ttft, threshold: 0.25}}}",
+    "itl": "{name: itl, objective: 99, sli: {latency: {metric: itl, threshold: 0.05}}}",
+}
+RATE_PER_S = 200.0
+# Cumulative share of requests at or below each bound (one distribution for both arms and every histogram).
+SHARE_BELOW = (("0.05", 0.1), ("0.1", 0.5), ("0.25", 0.9), ("0.5", 0.99), ("1.0", 1.0), ("+Inf", 1.0))
+
+
+def single_slo_spec(directory: Path, slo: str, preset: str = "vllm") -> Path:
+    path = directory / f"{slo}.yaml"
+    path.write_text(f"apiVersion: forge-slo/v1\nkind: ServiceSLO\nservice: nan\npreset: {preset}\nslos:\n"
+                    f"  - {SINGLE_SLO_SPECS[slo]}\n", encoding="utf-8")
+    return path
+
+
+def _exposition(elapsed: float) -> str:
+    """Two identical arms (label ``deployment``), counters growing at RATE_PER_S; three canary series NaN: its
+    SGLang aborted-requests counter (its request counter stays a number), one vLLM TTFT bucket and its vLLM
+    e2e request count (what scales its per-token ITL buckets)."""
+    lines = []
+    for arm in ("baseline", "canary"):
+        nan = arm == "canary"
+        requests = RATE_PER_S * elapsed
+        lines.append(f'vllm:request_success_total{{deployment="{arm}",finished_reason="stop"}} {requests}')
+        lines.append(f'vllm:request_success_total{{deployment="{arm}",finished_reason="error"}} 0')
+        lines.append(f'sglang:num_requests_total{{deployment="{arm}"}} {requests}')
+        lines.append(f'sglang:num_aborted_requests_total{{deployment="{arm}"}} {"NaN" if nan else 0}')
+        for metric, per_request in (("time_to_first_token_seconds", 1), ("e2e_request_latency_seconds", 1),
+                                    ("inter_token_latency_seconds", 10)):
+            for le, share in SHARE_BELOW:
+                value = "NaN" if nan and metric.startswith("time_to_first") and le == "0.25" else \
+                    f"{share * requests * per_request}"
+                lines.append(f'vllm:{metric}_bucket{{deployment="{arm}",le="{le}"}} {value}')
+            count = "NaN" if nan and metric.startswith("e2e") else f"{requests * per_request}"
+            lines.append(f'vllm:{metric}_count{{deployment="{arm}"}} {count}')
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def loopback_http(answer: Callable[[str], tuple[int, str]]) -> Iterator[str]:
+    """A tiny HTTP server on 127.0.0.1: ``answer(path) -> (status, body)``; yields its URL, stopped after."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            status, body = answer(self.path)
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def nan_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusHandle]:
+    """A real Prometheus scraping a loopback target whose canary exposes NaN in three series."""
+    if not prometheus_available():
+        pytest.skip("no prometheus binary")
+    started = time.monotonic()
+    with loopback_http(lambda path: (200, _exposition(time.monotonic() - started))) as url:
+        prom = start_prometheus(tmp_path_factory.mktemp("nan"), [url.removeprefix("http://")], interval="1s")
+        try:
+            prom.wait_for("count_over_time(up[1m]) >= 4", timeout=30)
+            yield prom
+        finally:
+            prom.stop()
+
+
+def test_a_nan_error_count_in_prometheus_is_inconclusive_and_holds_flagger_promotion(
+        nan_prometheus: PrometheusHandle, tmp_path: Path) -> None:
+    spec = single_slo_spec(tmp_path, "availability", preset="sglang")
+    # The real Prometheus really holds NaN for the canary's error counter, and numbers for its request counter.
+    assert math.isnan(float(nan_prometheus.query('sglang:num_aborted_requests_total{deployment="canary"}')[0]
+                            ["value"][1]))
+    assert float(nan_prometheus.query('sglang:num_requests_total{deployment="canary"}')[0]["value"][1]) > 0
+    run = canary_cli("--spec", str(spec), "--prometheus", nan_prometheus.url, "--baseline", "deployment=baseline",
+                     "--canary", "deployment=canary", "--window", "1m", "--json")
+    assert run.returncode == 3, run.stdout + run.stderr
+    verdict = json.loads(run.stdout)
+    assert verdict["verdict"] == "inconclusive" and verdict["decision"] == "hold"
+    check = verdict["metrics"][0]
+    assert check["name"] == "availability.errors" and check["status"] == "invalid"
+    assert "the canary's error count is NaN, not a count: sum(sum(rate(sglang:num_aborted_requests_total{" \
+        'deployment="canary"}[1m]))) * 60' in check["explanation"]
+    assert "availability.errors: the canary's error count is NaN" in verdict["reason"]
+
+    gate = start_gate(tmp_path, spec, nan_prometheus.url)
+    try:
+        meta = {"service": "nan", "since": f"{time.time() - 90:.3f}", "window": "2m", "interval": "1m", "token": TOKEN}
+        for hook in ("confirm-promotion", "rollout"):
+            r = httpx.post(f"{gate.url}/v1/flagger/{hook}", json=flagger_payload(**meta), timeout=30)
+            assert r.status_code == 412, (hook, r.text)
+            assert r.json()["verdict"] == "inconclusive" and "error count is NaN" in r.json()["reason"]
+    finally:
+        stop_gate(gate)
+
+
+@pytest.mark.parametrize(("slo", "message"), [
+    ("ttft", "the canary's bucket le=\"0.25\" is NaN, not a count: sum by (le) (increase("
+             "vllm:time_to_first_token_seconds_bucket{deployment=\"canary\"}"),
+    ("itl", "the canary's request count (to scale per-token observations) is NaN, not a count: "
+            "sum(increase(vllm:e2e_request_latency_seconds_count{deployment=\"canary\"}"),
+])
+def test_nan_latency_buckets_or_request_counts_in_prometheus_are_inconclusive(
+        nan_prometheus: PrometheusHandle, tmp_path: Path, slo: str, message: str) -> None:
+    spec = single_slo_spec(tmp_path, slo)
+    run = canary_cli("--spec", str(spec), "--prometheus", nan_prometheus.url, "--baseline", "deployment=baseline",
+                     "--canary", "deployment=canary", "--window", "1m", "--json")
+    assert run.returncode == 3, run.stdout + run.stderr
+    verdict = json.loads(run.stdout)
+    assert verdict["verdict"] == "inconclusive" and verdict["decision"] == "hold"
+    assert [m["status"] for m in verdict["metrics"]] == ["invalid"] * 3
+    assert all(message in m["explanation"] for m in verdict["metrics"]), verdict["metrics"][0]["explanation"]
+
+
+def test_a_prometheus_answer_that_is_no_number_is_inconclusive(tmp_path: Path) -> None:
+    spec = single_slo_spec(tmp_path, "availability", preset="sglang")
+
+    def answer(path: str) -> tuple[int, str]:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("query", [""])[0]
+        value = "lots" if "aborted" in query else "5000"
+        return 200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {}, "value": [time.time(), value]}]}})
+
+    with loopback_http(answer) as url:
+        run = canary_cli("--spec", str(spec), "--prometheus", url, "--baseline", "deployment=baseline",
+                         "--canary", "deployment=canary", "--window", "1m", "--json")
+    assert run.returncode == 3, run.stdout + run.stderr
+    verdict = json.loads(run.stdout)
+    assert verdict["verdict"] == "inconclusive" and "returned 'lots' for the scalar, which is not a number" in \
+        verdict["reason"]
+
+
+GOOD_RECORD = {"start_time": "1700000000.0", "model": '"m"', "ok": "true", "status": "200", "ttft_s": "0.2",
+               "e2e_s": "1.2"}
+
+
+def _line(**raw_json: str) -> str:
+    """One records line: a good record with some fields replaced by raw JSON text (which may be invalid)."""
+    return "{" + ", ".join(f'"{key}": {value}' for key, value in {**GOOD_RECORD, **raw_json}.items()) + "}"
+
+
+@pytest.mark.parametrize(("content", "where", "message"), [
+    (b"\xff\xfe\x00garbage\n", 1, "not UTF-8 text (byte 0xff at column 1)"),
+    (_line().encode() + b"\n" + b"\x00" * 64, 2, "holds a NUL byte"),
+    (_line(ttft_s="NaN").encode(), 1, "NaN is not a number JSON allows"),
+    (_line(itl_s="[0.01, Infinity]").encode(), 1, "Infinity is not a number JSON allows"),
+    (_line(e2e_s="1e999").encode(), 1, "1e999 is out of range"),
+    (_line(output_tokens="1" + "0" * 30).encode(), 1, "an integer of 31 digits is out of range"),
+    (_line(start_time="1e15").encode(), 1, "start_time: must be Unix seconds between 2000 and 2100"),
+    (_line(start_time="1700000000000").encode(), 1,
+     "start_time: must be Unix seconds between 2000 and 2100, got 1700000000000 (milliseconds? it must be seconds)"),
+    (_line(ttft_s="-0.5").encode(), 1, "ttft_s: must be a number of seconds from 0 to 86400"),
+    (_line(itl_s="[0.01, -1]").encode(), 1, "itl_s[1]: must be a number of seconds"),
+    (_line(prompt_tokens="2.5").encode(), 1, "prompt_tokens: must be a whole number"),
+    (_line(warmup='"no"').encode(), 1, "warmup: must be true or false"),
+    (_line(arm="5").encode(), 1, "arm: must be a string"),
+    (_line(model='"\\ud800"').encode(), 1, "model: a string holds a lone UTF-16 surrogate"),
+    (b"[" * 100_000, 1, "not a record: JSON nested too deeply"),
+    (b"{" + b" " * (5 * 1024 * 1024) + b"}\n", 1, "the line is longer than 4194304 bytes"),
+    ((_line() + "\n" + _line(start_time=str(1_700_000_000.0 + 40 * 86_400))).encode(), 2,
+     "start_time is 40 days away from the record at line 1; one records file spans at most 31 days"),
+    (b"", None, "holds no records (an empty file?)"),
+], ids=["non-utf8", "nul", "nan", "infinity", "1e999", "huge-int", "start-1e15", "start-ms", "negative",
+        "negative-itl", "float-count", "warmup-type", "arm-type", "surrogate", "deep", "long-line", "span", "empty"])
+def test_bad_records_files_exit_2_naming_the_file_and_line(tmp_path: Path, spec_file: Path, content: bytes,
+                                                           where: int | None, message: str) -> None:
+    base = write_records(tmp_path / "base.jsonl", 200, seed=1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(bad),
+                     "--interval", "1m", timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    prefix = f"--canary-records: {bad}:{where}: " if where is not None else f"--canary-records: {bad} "
+    assert prefix + message in run.stderr, run.stderr
+
+
+def test_records_replay_refuses_a_plan_of_too_many_looks_and_extreme_latencies_are_judged(
+        tmp_path: Path, spec_file: Path) -> None:
+    base = write_records(tmp_path / "base.jsonl", 300, seed=1)
+    late = tmp_path / "late.jsonl"
+    late.write_text(base.read_text() + _line(start_time=str(1_700_000_000.0 + 20 * 86_400)) + "\n")
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(late),
+                     "--interval", "1m", timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stdout + run.stderr
+    assert "--interval 1m over the records' span of 20d" in run.stderr and "plans 28800 looks; at most 10000" \
+        in run.stderr
+
+    # A latency of 5e-324 s next to one of a day is valid input: judged on a bounded grid, not a crash.
+    extreme = tmp_path / "extreme.jsonl"
+    extreme.write_text(base.read_text() + _line(ttft_s="5e-324") + "\n" + _line(ttft_s="86400.0", e2e_s="86400.0")
+                       + "\n")
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(base), "--canary-records", str(extreme),
+                     "--json", timeout=120)
+    assert run.returncode in (0, 3) and "Traceback" not in run.stderr, run.stdout + run.stderr
+    shift = json.loads(run.stdout)["metrics"][0]
+    assert shift["name"] == "ttft.shift" and shift["canary"]["samples"] == 302
+
+
+def test_non_finite_values_from_any_source_make_the_check_invalid_never_a_pass() -> None:
+    from forge_slo.canary.judge import judge, judge_source
+    from forge_slo.canary.model import ErrorData, LatencyData
+    from forge_slo.canary.sources import RecordsSource
+
+    spec = load_specs([str(REPO / "slo_specs" / "chat.yaml")])[0]
+    rng = np.random.default_rng(3)
+
+    def arm(n: int, name: str) -> list[RequestRecord]:
+        return [RequestRecord(start_time=1_700_000_000.0 + i / 5, model="m", ok=True, status=200,
+                              ttft_s=float(rng.lognormal(-1.6, 0.3)), tpot_s=0.02, e2e_s=3.0,
+                              trace_id=f"{name}-{i}") for i in range(n)]
+
+    base, can = arm(3000, "b"), arm(3000, "c")
+    can[7] = dataclasses.replace(can[7], ttft_s=math.nan)
+    verdict = judge_source(spec, RecordsSource(base, can), JudgeConfig(), start=1.6e9, end=1.8e9, complete=True,
+                           window_seconds=600)
+    assert verdict.verdict == "inconclusive" and verdict.decision == "hold" and verdict.exit_code == 3
+    ttft = [c for c in verdict.checks if c.slo == "ttft"]
+    assert {c.status for c in ttft} == {"invalid"}
+    assert "the canary record with trace id 'c-7' has ttft_s = nan" in ttft[0].explanation
+    assert "ttft.shift, ttft.p90, ttft.p99: the canary record with trace id 'c-7'" in verdict.reason
+
+    # The judge's own guard: a source that hands it NaN counts gets an invalid check, even an advisory one.
+    config = JudgeConfig(advisory=frozenset({"availability"}))
+    good = judge_source(spec, RecordsSource(base, base), config, start=1.6e9, end=1.8e9, complete=True,
+                        window_seconds=600)
+    assert good.verdict == "pass"
+    data = {c.slo: LatencyData((0.1, math.inf), (5000.0, 0.0), (5000.0, 0.0)) for c in good.checks}
+    data["availability"] = ErrorData(0.0, 3000.0, math.nan, 3000.0)
+    verdict = judge(spec, data, config, complete=True, elapsed_seconds=600, window_seconds=600, source="test")
+    errors = next(c for c in verdict.checks if c.name == "availability.errors")
+    assert errors.status == "invalid" and not errors.critical and "the canary's error count is nan" in \
+        errors.explanation
+    assert verdict.verdict == "inconclusive" and verdict.decision == "hold"
+    assert verdict.reason.startswith("the source's data cannot be judged (fail closed): availability.errors")

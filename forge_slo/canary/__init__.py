@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "check_config_names": "judge", "judge_source": "judge", "plan_checks": "judge",
     "unavailable": "judge",
-    "CanaryVerdict": "model", "CheckResult": "model", "ErrorData": "model", "JudgeConfig": "model",
+    "CanaryVerdict": "model", "CheckResult": "model", "ErrorData": "model", "InvalidData": "model",
+    "JudgeConfig": "model",
     "LatencyData": "model", "MissingData": "model", "PlannedCheck": "model", "Policy": "model",
     "SkippedCheck": "model",
     "SelectorError": "selectors", "format_selector": "selectors", "parse_selector": "selectors",
     "CanarySource": "sources", "PrometheusSource": "sources", "RecordsSource": "sources",
 }
 __all__ = [
-    "CanarySource", "CanaryVerdict", "CheckResult", "ErrorData", "JudgeConfig", "LatencyData", "MissingData",
+    "CanarySource", "CanaryVerdict", "CheckResult", "ErrorData", "InvalidData", "JudgeConfig", "LatencyData",
+    "MissingData",
     "PlannedCheck", "Policy", "PrometheusSource", "RecordsSource", "SelectorError", "SkippedCheck",
     "check_config_names", "format_selector", "judge_source", "parse_selector", "plan_checks",
     "unavailable",
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
         CanaryVerdict,
         CheckResult,
         ErrorData,
+        InvalidData,
         JudgeConfig,
         LatencyData,
         MissingData,

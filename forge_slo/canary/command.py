@@ -37,6 +37,9 @@ GATE_DESCRIPTION = (
 TOKEN_ENV = "FORGE_SLO_GATE_TOKEN"
 DEFAULT_WINDOW_S = 1800.0
 DEFAULT_INTERVAL_S = 60.0
+# Continuous mode judges once per look: a window that needs more looks than this is a mistake (a wrong
+# timestamp in the records, or a window of days at an interval of seconds), refused before the first look.
+MAX_LOOKS = 10_000
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -280,8 +283,8 @@ def _run_prometheus(spec: ServiceSpec, config: JudgeConfig, args: argparse.Names
             now = time.time()
             return judge_source(spec, source, config, start=now - window, end=now, complete=True,
                                 window_seconds=window)
+        looks = _planned_looks(window, args.interval, f"--window {format_duration(window)}")
         start = time.time()
-        looks = max(int(math.ceil(window / args.interval - 1e-9)), 1)
         verdict = None
         for k in range(1, looks + 1):
             look_at = min(start + k * args.interval, start + window)
@@ -295,6 +298,14 @@ def _run_prometheus(spec: ServiceSpec, config: JudgeConfig, args: argparse.Names
         return verdict
 
 
+def _planned_looks(window: float, interval: float, what: str) -> int:
+    looks = max(int(math.ceil(window / interval - 1e-9)), 1)
+    if looks > MAX_LOOKS:
+        raise UsageError(f"--interval {format_duration(interval)} over {what} plans {looks} looks; at most "
+                         f"{MAX_LOOKS}: use a longer --interval or a shorter --window")
+    return looks
+
+
 def _read_arm(path: str, arm: str, flag: str) -> tuple[list[RequestRecord], int]:
     from forge_slo.sources.records import read_records
 
@@ -302,6 +313,8 @@ def _read_arm(path: str, arm: str, flag: str) -> tuple[list[RequestRecord], int]
         records = read_records(path)
     except SourceError as exc:
         raise UsageError(f"{flag}: {exc}") from None
+    if not records:
+        raise UsageError(f"{flag}: {path} holds no records (an empty file?)")
     kept = [r for r in records if r.arm in ("", arm)]
     return kept, len(records) - len(kept)
 
@@ -323,7 +336,9 @@ def _run_records(spec: ServiceSpec, config: JudgeConfig, args: argparse.Namespac
     end = min(last, first + window)
     if args.interval is None:
         return judge_source(spec, source, config, start=first, end=end, complete=True, window_seconds=window)
-    looks = max(int(math.ceil(window / args.interval - 1e-9)), 1)
+    what = (f"--window {format_duration(window)}" if args.window is not None else
+            f"the records' span of {format_duration(window)} (from their first request to their last)")
+    looks = _planned_looks(window, args.interval, what)
     verdict = None
     for k in range(1, looks + 1):
         look_at = min(first + k * args.interval, first + window)

@@ -22,6 +22,7 @@ from forge_slo.canary.model import (
     CheckResult,
     Decision,
     ErrorData,
+    InvalidData,
     JudgeConfig,
     LatencyData,
     MissingData,
@@ -37,6 +38,7 @@ from forge_slo.errors import SourceError, UsageError
 from forge_slo.spec.model import AvailabilitySLI, LatencySLI, ServiceSpec
 
 LATENCY_CHECKS: tuple[CheckKind, ...] = ("shift", "p90", "p99")
+_NOT_JUDGED = "not judged (fail closed): "
 
 
 def plan_checks(spec: ServiceSpec, config: JudgeConfig) -> tuple[list[PlannedCheck], list[SkippedCheck]]:
@@ -108,6 +110,10 @@ def _run_check(check: PlannedCheck, data: SloData, config: JudgeConfig, alpha: f
     if isinstance(data, MissingData):
         return _result(check, "insufficient", None, None, None, 0.0, 0.0, None, None, "s", "",
                        f"no data: {data.reason}")
+    problem = data.reason if isinstance(data, InvalidData) else data_problem(data)
+    if isinstance(data, InvalidData) or problem:
+        return _result(check, "invalid", None, None, None, 0.0, 0.0, None, None,
+                       "ratio" if check.kind == "errors" else "s", "", _NOT_JUDGED + (problem or "invalid data"))
     if check.kind == "errors":
         if not isinstance(data, ErrorData):
             raise TypeError(f"{check.name} needs error counts")
@@ -150,6 +156,32 @@ def _run_check(check: PlannedCheck, data: SloData, config: JudgeConfig, alpha: f
                            config.min_samples, alpha, floor)
     return _result(check, status, estimate, lower, upper, float(out.baseline_n), float(out.canary_n),
                    _opt(float(out.baseline_value)), _opt(float(out.canary_value)), unit, method, explanation)
+
+
+def data_problem(data: LatencyData | ErrorData) -> str:
+    """Why a source's counts cannot be judged (not finite, negative, malformed buckets); empty when they can.
+
+    Sources check their own values and say which query or field was wrong; this is the judge's own guard,
+    so that a source that forgot still fails closed instead of judging NaN as a number.
+    """
+    if isinstance(data, ErrorData):
+        for arm in ("baseline", "canary"):
+            for what in ("errors", "total"):
+                value = getattr(data, f"{arm}_{what}")
+                if not math.isfinite(value) or value < 0:
+                    return f"the {arm}'s {'error' if what == 'errors' else 'request'} count is {value!r}"
+        return ""
+    bounds = data.bounds
+    if not bounds or len(data.baseline) != len(bounds) or len(data.canary) != len(bounds):
+        return "the arms' bucket counts do not match their bounds"
+    if any(math.isnan(b) for b in bounds) or bounds[-1] != math.inf \
+            or any(lo >= hi for lo, hi in zip(bounds, bounds[1:], strict=False)):
+        return f"the bucket bounds are not increasing up to +Inf: {bounds[:3]}...{bounds[-2:]}"
+    for arm, counts in (("baseline", data.baseline), ("canary", data.canary)):
+        for bound, count in zip(bounds, counts, strict=True):
+            if not math.isfinite(count) or count < 0:
+                return f"the {arm}'s count of the bucket le={bound:g} is {count!r}"
+    return ""
 
 
 def _result(check: PlannedCheck, status: Status, estimate: float | None, lower: float | None,
@@ -221,6 +253,7 @@ def _verdict(service: str, results: Sequence[CheckResult], skipped: Sequence[Ski
     critical_fails = [r for r in results if r.status == "fail" and r.critical]
     all_fails = [r for r in results if r.status == "fail"]
     missing_critical = [r for r in results if r.status == "insufficient" and r.critical]
+    invalid = [r for r in results if r.status == "invalid"]
     took = f"{duration_text(elapsed_seconds)} of data"
     verdict: VerdictName
     decision: Decision
@@ -231,6 +264,15 @@ def _verdict(service: str, results: Sequence[CheckResult], skipped: Sequence[Ski
                            f"the allowed {pct(r.allowed)}" for r in failing)
         if not critical_fails:
             reason = f"score {score:.0f} is below {config.min_score:g}: {reason}"
+    elif invalid:
+        # A source that answers NaN or negative counts is broken, not slow: waiting will not make the check
+        # judgeable, so hold (as for an unreachable source), whether the check is critical or advisory.
+        verdict, decision = "inconclusive", "hold"
+        why: dict[str, list[str]] = {}  # one problem (an SLO's data) usually spoils several checks
+        for r in invalid:
+            why.setdefault(r.explanation.removeprefix(_NOT_JUDGED), []).append(r.name)
+        reason = "the source's data cannot be judged (fail closed): " + "; ".join(
+            f"{', '.join(names)}: {problem}" for problem, names in why.items())
     elif results and all(r.status == "pass" for r in results):
         verdict, decision = "pass", "promote"
         reason = f"every check is shown within its allowed limit ({took})"

@@ -19,7 +19,7 @@ Direction = Literal["increase", "decrease", "both"]
 DIRECTIONS: tuple[Direction, ...] = ("increase", "decrease", "both")
 CheckKind = Literal["shift", "p90", "p99", "errors"]
 CHECK_KINDS: tuple[CheckKind, ...] = ("shift", "p90", "p99", "errors")
-Status = Literal["fail", "pass", "undecided", "insufficient"]
+Status = Literal["fail", "pass", "undecided", "insufficient", "invalid"]
 VerdictName = Literal["pass", "fail", "inconclusive"]
 Decision = Literal["promote", "continue", "rollback", "hold"]
 
@@ -91,7 +91,15 @@ class MissingData:
     reason: str
 
 
-SloData = LatencyData | ErrorData | MissingData
+@dataclass(frozen=True)
+class InvalidData:
+    """The source gave something that is not a usable count (NaN, infinite, negative); ``reason`` names the
+    query or field, the series and the arm. The check is not judged and the canary cannot pass (fail closed)."""
+
+    reason: str
+
+
+SloData = LatencyData | ErrorData | MissingData | InvalidData
 
 
 # ------------------------------------------------------------------------------------------------- results

@@ -49,6 +49,7 @@ def render_table(verdict: CanaryVerdict) -> str:
         for row in rows:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         lines.append("")
-        lines.extend(f"{r.name}: {r.explanation}" for r in verdict.checks if r.status in ("fail", "insufficient"))
+        lines.extend(f"{r.name}: {r.explanation}" for r in verdict.checks
+                     if r.status in ("fail", "insufficient", "invalid"))
     lines.extend(f"skipped {s.name}: {s.reason}" for s in verdict.skipped)
     return "\n".join(lines).rstrip() + "\n"

@@ -16,14 +16,17 @@ import numpy as np
 
 from forge_slo import promql
 from forge_slo.canary import stats
-from forge_slo.canary.model import ErrorData, LatencyData, MissingData, SloData
+from forge_slo.canary.model import ErrorData, InvalidData, LatencyData, MissingData, SloData
 from forge_slo.canary.selectors import format_selector
 from forge_slo.compile.sli import sli_queries
 from forge_slo.durations import format_duration
-from forge_slo.sources.prometheus import PrometheusClient
+from forge_slo.errors import SourceError
+from forge_slo.sources.prometheus import PrometheusClient, Sample
 from forge_slo.sources.records import RequestRecord
 from forge_slo.spec.model import SLO, AvailabilitySLI, LatencySLI, ServiceSpec, frozen_map
 from forge_slo.spec.presets import Histogram
+
+ARMS = ("baseline", "canary")
 
 # Histograms observed once per generated token: a request's observations are not independent, so their
 # counts are scaled down to the number of requests before judging (conservative).
@@ -76,17 +79,12 @@ class PrometheusSource:
 
     def _latency(self, spec: ServiceSpec, histogram: Histogram, window: str, at: float) -> SloData:
         cumulative: dict[str, dict[float, float]] = {}
-        for arm in ("baseline", "canary"):
+        for arm in ARMS:
             sel = promql.selector(f"{histogram.metric}_bucket", self._matchers(spec, arm))
-            samples = self.client.query(f"sum by (le) (increase({sel}[{window}]))", at=at)
-            by_bound: dict[float, float] = {}
-            for sample in samples:
-                try:
-                    bound = float(sample.labels.get("le", ""))
-                except ValueError:
-                    continue
-                if math.isfinite(sample.value):
-                    by_bound[bound] = by_bound.get(bound, 0.0) + max(sample.value, 0.0)
+            query = f"sum by (le) (increase({sel}[{window}]))"
+            by_bound = _buckets(self.client.query(query, at=at), arm, query)
+            if isinstance(by_bound, InvalidData):
+                return by_bound
             if not by_bound or math.inf not in by_bound:
                 return MissingData(f"no {histogram.metric} buckets for the {arm} "
                                    f"{format_selector(self._matchers(spec, arm))} in the last {window}")
@@ -101,38 +99,92 @@ class PrometheusSource:
             counts[arm] = np.diff(np.concatenate([[0.0], cum]))
         if histogram.metric in PER_TOKEN_METRICS:
             scaled = self._per_token_scale(spec, window, at, counts)
-            if scaled:
-                note = "; ".join(filter(None, [note, scaled]))
+            if not isinstance(scaled, str):
+                return scaled
+            note = "; ".join(filter(None, [note, scaled]))
         bounds = tuple(float(b) * histogram.unit_seconds if math.isfinite(b) else math.inf for b in common)
         return LatencyData(bounds, tuple(counts["baseline"].tolist()), tuple(counts["canary"].tolist()), note)
 
-    def _per_token_scale(self, spec: ServiceSpec, window: str, at: float, counts: dict[str, np.ndarray]) -> str:
+    def _per_token_scale(self, spec: ServiceSpec, window: str, at: float, counts: dict[str, np.ndarray]
+                         ) -> str | MissingData | InvalidData:
+        """Scale each arm's per-token counts down to its number of requests (in place); the note, or why not."""
         request_hist = spec.preset.histograms.get("e2e") or spec.preset.histograms.get("ttft")
         if request_hist is None:
             return "per-token observations judged as independent (no request histogram to scale them by)"
-        for arm in ("baseline", "canary"):
+        for arm in ARMS:
             sel = promql.selector(f"{request_hist.metric}_count", self._matchers(spec, arm))
-            requests = self.client.scalar(f"sum(increase({sel}[{window}]))", default=None)
+            query = f"sum(increase({sel}[{window}]))"
+            requests = self.client.scalar(query, default=None, at=at)
+            if requests is None:
+                # Judging per-token observations as independent would overstate the evidence: not judged.
+                return MissingData(f"no {request_hist.metric}_count for the {arm} "
+                                   f"{format_selector(self._matchers(spec, arm))} in the last {window} to scale "
+                                   "its per-token observations by")
+            problem = _count_problem(requests, f"the {arm}'s request count (to scale per-token observations)",
+                                     query)
+            if problem:
+                return problem
             tokens = float(counts[arm].sum())
-            if requests is None or not math.isfinite(requests) or requests <= 0 or tokens <= requests:
-                continue
-            counts[arm] = counts[arm] * (requests / tokens)
+            if tokens > requests:
+                counts[arm] = counts[arm] * (requests / tokens)
         return "per-token observations scaled to the number of requests (tokens of one request are not independent)"
 
     def _errors(self, spec: ServiceSpec, slo: SLO, window: str, at: float, span: float) -> SloData:
         values: dict[str, tuple[float, float]] = {}
-        for arm in ("baseline", "canary"):
+        for arm in ARMS:
             arm_spec = dataclasses.replace(spec, selector=frozen_map(self._matchers(spec, arm)), group_by=())
             queries = sli_queries(arm_spec, slo)
-            total = self.client.scalar(f"sum({queries.total_over(window)}) * {promql.number(span)}", default=None)
-            if total is None or not math.isfinite(total):
+            total_query = f"sum({queries.total_over(window)}) * {promql.number(span)}"
+            total = self.client.scalar(total_query, default=None, at=at)
+            if total is None:
                 return MissingData(f"no request counters for the {arm} "
                                    f"{format_selector(self._matchers(spec, arm))} in the last {window}")
-            errors = self.client.scalar(f"sum({queries.errors_over(window)}) * {promql.number(span)}", default=0.0)
-            values[arm] = (max(errors or 0.0, 0.0) if errors is not None and math.isfinite(errors) else 0.0,
-                           max(total, 0.0))
+            errors_query = f"sum({queries.errors_over(window)}) * {promql.number(span)}"
+            # No series at all is zero errors: error counters often appear with the first error.
+            errors = self.client.scalar(errors_query, default=0.0, at=at)
+            for value, what, query in ((total, "request count", total_query),
+                                       (errors, "error count", errors_query)):
+                problem = _count_problem(value, f"the {arm}'s {what}", query)
+                if problem:
+                    return problem
+            values[arm] = (float(errors or 0.0), total)
         (e_b, n_b), (e_c, n_c) = values["baseline"], values["canary"]
         return ErrorData(e_b, n_b, e_c, n_c)
+
+
+def _count_problem(value: float | None, what: str, query: str) -> InvalidData | None:
+    """A count Prometheus returned must be a finite number >= 0; NaN or Inf is never read as zero."""
+    if value is not None and math.isfinite(value) and value >= 0:
+        return None
+    return InvalidData(f"{what} is {_value_text(value)}, not a count: {query}")
+
+
+def _value_text(value: float | None) -> str:
+    if value is None:
+        return "missing"
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return f"{value:g}"
+
+
+def _buckets(samples: Sequence[Sample], arm: str, query: str) -> dict[float, float] | InvalidData:
+    """Cumulative counts by bucket bound (``le``); InvalidData naming the bucket when one is not a count."""
+    by_bound: dict[float, float] = {}
+    for sample in samples:
+        le = sample.labels.get("le")
+        try:
+            bound = float(le) if le is not None else math.nan
+        except ValueError:
+            bound = math.nan
+        if math.isnan(bound) or bound == -math.inf:
+            return InvalidData(f"the {arm}'s series {dict(sample.labels)} has no bucket bound (le): {query}")
+        problem = _count_problem(sample.value, f'the {arm}\'s bucket le="{le}"', query)
+        if problem:
+            return problem
+        by_bound[bound] = by_bound.get(bound, 0.0) + sample.value
+    return by_bound
 
 
 # ------------------------------------------------------------------------------------------------- records
@@ -146,13 +198,22 @@ def is_server_error(record: RequestRecord) -> bool:
 
 
 class RecordsSource:
-    """Both arms from per-request load-test records (warm-up records are left out)."""
+    """Both arms from per-request load-test records (warm-up records are left out).
+
+    A record whose start time is not finite raises SourceError (it could not be placed in any look); a
+    latency that is not a finite number of seconds makes that SLO's checks invalid, naming the record.
+    """
 
     def __init__(self, baseline: Sequence[RequestRecord], canary: Sequence[RequestRecord],
                  names: tuple[str, str] = ("baseline records", "canary records")) -> None:
         self.arms = {"baseline": [r for r in baseline if not r.warmup],
                      "canary": [r for r in canary if not r.warmup]}
         self.names = names
+        for (arm, records), name in zip(self.arms.items(), names, strict=True):
+            bad = next((r for r in records if not _is_seconds(r.start_time)), None)
+            if bad is not None:
+                raise SourceError(f"{name}: the {arm} record {_record_name(bad)} has start_time "
+                                  f"{bad.start_time!r}, not a time")
 
     def describe(self) -> str:
         return (f"load-test records: {self.names[0]} ({len(self.arms['baseline'])} baseline requests), "
@@ -169,24 +230,7 @@ class RecordsSource:
         out: dict[str, SloData] = {}
         for slo in spec.slos:
             if isinstance(slo.sli, LatencySLI):
-                field = RECORD_FIELDS.get(slo.sli.alias)
-                if field is None:
-                    out[slo.name] = MissingData(f"load-test records carry no {slo.sli.alias!r} latency "
-                                                f"(they have {', '.join(sorted(set(RECORD_FIELDS.values())))})")
-                    continue
-                values = {arm: np.array([getattr(r, field) for r in recs if r.ok and getattr(r, field) is not None],
-                                        dtype=np.float64) for arm, recs in arms.items()}
-                both = np.concatenate([values["baseline"], values["canary"]])
-                if both.size == 0:
-                    out[slo.name] = MissingData(f"no successful requests with {field} in the records")
-                    continue
-                grid = stats.log_grid(both)
-                note = "per-request values binned on a 0.1% log grid"
-                if field == "tpot_s" and slo.sli.alias in ("itl", "tpot_legacy"):
-                    note += "; per-request TPOT stands for the per-token gaps (they are not independent)"
-                out[slo.name] = LatencyData(
-                    tuple(grid.tolist()), tuple(stats.bin_counts(grid, values["baseline"]).tolist()),
-                    tuple(stats.bin_counts(grid, values["canary"]).tolist()), note)
+                out[slo.name] = _record_latency(slo.sli.alias, arms)
             elif isinstance(slo.sli, AvailabilitySLI):
                 counts = {arm: (float(sum(is_server_error(r) for r in recs)), float(len(recs)))
                           for arm, recs in arms.items()}
@@ -194,3 +238,35 @@ class RecordsSource:
                 out[slo.name] = ErrorData(e_b, n_b, e_c, n_c,
                                           "failed requests except client errors (4xx other than 429)")
         return out
+
+
+def _record_latency(alias: str, arms: Mapping[str, Sequence[RequestRecord]]) -> SloData:
+    field = RECORD_FIELDS.get(alias)
+    if field is None:
+        return MissingData(f"load-test records carry no {alias!r} latency "
+                           f"(they have {', '.join(sorted(set(RECORD_FIELDS.values())))})")
+    values: dict[str, np.ndarray] = {}
+    for arm, recs in arms.items():
+        picked = [(r, getattr(r, field)) for r in recs if r.ok and getattr(r, field) is not None]
+        bad = next(((r, v) for r, v in picked if not _is_seconds(v)), None)
+        if bad is not None:
+            return InvalidData(f"the {arm} record {_record_name(bad[0])} has {field} = {bad[1]!r}, "
+                               "not a finite number of seconds >= 0")
+        values[arm] = np.array([v for _, v in picked], dtype=np.float64)
+    both = np.concatenate([values["baseline"], values["canary"]])
+    if both.size == 0:
+        return MissingData(f"no successful requests with {field} in the records")
+    grid = stats.log_grid(both)
+    note = "per-request values binned on a 0.1% log grid"
+    if field == "tpot_s" and alias in ("itl", "tpot_legacy"):
+        note += "; per-request TPOT stands for the per-token gaps (they are not independent)"
+    return LatencyData(tuple(grid.tolist()), tuple(stats.bin_counts(grid, values["baseline"]).tolist()),
+                       tuple(stats.bin_counts(grid, values["canary"]).tolist()), note)
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _record_name(record: RequestRecord) -> str:
+    return f"with trace id {record.trace_id!r}" if record.trace_id else f"sent at {record.start_time!r}"

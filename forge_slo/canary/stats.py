@@ -321,14 +321,22 @@ def rate_cs(errors: ArrayLike, n: ArrayLike, alpha: float, prior: tuple[float, f
 
 # --------------------------------------------------------------------------------------------------- grids
 
+# A log grid spans at most this many decades below the largest value, so one absurdly small value cannot
+# make it millions of buckets long; smaller values share the first bucket (ties, which is conservative).
+LOG_GRID_DECADES = 9
+
+
 def log_grid(values: FloatArray, ratio: float = 1.001) -> FloatArray:
-    """Bucket bounds for per-request values: a log grid of ``ratio`` from the smallest positive value, +Inf."""
+    """Bucket bounds for per-request values: a log grid of ``ratio`` from the smallest positive value (at most
+    ``LOG_GRID_DECADES`` below the largest), then +Inf. The values must be finite."""
     vals = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(vals)):
+        raise ValueError("log_grid needs finite values")
     positive = vals[vals > 0]
     if positive.size == 0:
         return np.array([0.0, np.inf])
-    low = float(positive.min())
     high = float(vals.max())
+    low = max(float(positive.min()), high * 10.0 ** -LOG_GRID_DECADES)
     steps = int(math.ceil(math.log(high / low) / math.log(ratio))) + 1 if high > low else 1
     grid = low * ratio ** np.arange(steps + 1, dtype=np.float64)
     if np.any(vals <= 0):

@@ -1,12 +1,13 @@
 """A small Prometheus HTTP API client (httpx): instant and range queries, alerts.
 
 Every failure (unreachable, timeout, HTTP error, an error answer, a malformed body) raises
-:class:`forge_slo.errors.SourceError` with the URL and the reason, so callers can fail closed.
+:class:`forge_slo.errors.SourceError` with the URL and the reason, so callers can fail closed. A sample
+value is Prometheus' own float: ``NaN`` and ``+Inf`` are kept as such (callers decide what a non-finite
+value means), text that is no number at all is a malformed answer.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,25 +82,35 @@ class PrometheusClient:
         try:
             kind, result = data["resultType"], data["result"]
             if kind == "scalar":
-                return [Sample({}, _float(result[1]))]
+                return [Sample({}, self._number(result[1], expr, {}))]
             if kind != "vector":
                 raise SourceError(f"{self.url}: {expr!r} returned a {kind}, not an instant vector")
-            return [Sample(dict(item["metric"]), _float(item["value"][1])) for item in result]
-        except (KeyError, TypeError, IndexError) as exc:
-            raise SourceError(f"{self.url}: malformed query answer ({exc})") from None
+            samples = []
+            for item in result:
+                labels = dict(item["metric"])
+                samples.append(Sample(labels, self._number(item["value"][1], expr, labels)))
+            return samples
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise SourceError(f"{self.url}: malformed answer to {expr!r} ({exc})") from None
 
     def query_range(self, expr: str, start: float, end: float, step_s: float) -> list[Series]:
         data = self._get("query_range", {"query": expr, "start": repr(start), "end": repr(end),
                                          "step": repr(step_s)})
         try:
-            return [Series(dict(item["metric"]), tuple((float(t), _float(v)) for t, v in item["values"]))
-                    for item in data["result"]]
+            out = []
+            for item in data["result"]:
+                labels = dict(item["metric"])
+                points = tuple((self._number(t, expr, labels), self._number(v, expr, labels))
+                               for t, v in item["values"])
+                out.append(Series(labels, points))
+            return out
         except (KeyError, TypeError, ValueError) as exc:
-            raise SourceError(f"{self.url}: malformed range answer ({exc})") from None
+            raise SourceError(f"{self.url}: malformed range answer to {expr!r} ({exc})") from None
 
-    def scalar(self, expr: str, default: float | None = None) -> float | None:
-        """The single value of ``expr``; ``default`` when it is empty; SourceError when it has several."""
-        samples = self.query(expr)
+    def scalar(self, expr: str, default: float | None = None, at: float | None = None) -> float | None:
+        """The single value of ``expr`` (at ``at``, default now); ``default`` when it is empty; SourceError when
+        it has several. The value may be NaN or infinite, as Prometheus computed it."""
+        samples = self.query(expr, at=at)
         if not samples:
             return default
         if len(samples) > 1:
@@ -110,8 +121,9 @@ class PrometheusClient:
         data = self._get("alerts", {})
         try:
             return [Alert(dict(a["labels"]), dict(a.get("annotations", {})), a["state"], a.get("activeAt", ""),
-                          _float(a.get("value", "nan"))) for a in data["alerts"]]
-        except (KeyError, TypeError) as exc:
+                          self._number(a.get("value", "NaN"), "alerts", dict(a["labels"])))
+                    for a in data["alerts"]]
+        except (KeyError, TypeError, ValueError) as exc:
             raise SourceError(f"{self.url}: malformed alerts answer ({exc})") from None
 
     def firing(self, alertname: str, **labels: str) -> list[Alert]:
@@ -119,8 +131,25 @@ class PrometheusClient:
                 and all(a.labels.get(k) == v for k, v in labels.items())]
 
 
-def _float(text: Any) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
+    def _number(self, value: Any, expr: str, labels: Mapping[str, str]) -> float:
+        """A sample value as Prometheus writes it ("0.5", "NaN", "+Inf"); anything else is a malformed answer."""
+        if isinstance(value, str) and len(value) <= _MAX_NUMBER_TEXT:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise SourceError(f"{self.url}: {expr!r} returned {shown} for {_series(labels)}, which is not a number "
+                          "(malformed answer)")
+
+
+# Prometheus writes a float in at most a few dozen characters; longer text is not one of its numbers.
+_MAX_NUMBER_TEXT = 64
+
+
+def _series(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return "the scalar"
+    return "{" + ", ".join(f"{k}={v!r}" for k, v in sorted(labels.items())) + "}"
