@@ -3,10 +3,8 @@ SourceError naming the file and line, never another exception; and every record 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +15,6 @@ from hypothesis import strategies as st
 from forge_slo.errors import SourceError
 from forge_slo.sources import records as rec
 from forge_slo.sources.records import RequestRecord, iter_records, read_records
-
-# When a property fails, Hypothesis' pytest plugin imports libcst to suggest a patch; libcst's import warns
-# (mypy_extensions.TypedDict is deprecated) and with warnings as errors that INTERNALERROR hides the failing
-# example. Imported here once with that warning silenced, the plugin's import finds it loaded.
-with warnings.catch_warnings(), contextlib.suppress(ImportError):
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import libcst  # noqa: F401
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
