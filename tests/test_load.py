@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forge_slo.errors import UsageError
 from forge_slo.load.judge import Criterion, good_requests, judge
+from forge_slo.load.lifeline import watch
 from forge_slo.load.options import options_from_namespace
 from forge_slo.load.report import render_report
 from forge_slo.load.stream import StreamError, StreamMeter, record_json
@@ -560,6 +562,93 @@ def test_help_documents_the_size_caps() -> None:
     text = " ".join(proc.stdout.split())
     assert "--max-line-size" in text and "default 1MiB" in text
     assert "--max-response-size" in text and "default 64MiB" in text
+
+
+def _proc_stat(pid: int) -> tuple[int, str, str] | None:
+    """(parent pid, state, start time) of a live process, None once it is gone (a zombie is gone too)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return (None if fields[0] == "Z" else (int(fields[1]), fields[0], fields[19]))
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """The child processes of ``pid``, each with its start time (a pid can be reused)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] == pid:
+                found.append((int(entry.name), stat[2]))
+    return found
+
+
+def _alive(proc: tuple[int, str]) -> bool:
+    stat = _proc_stat(proc[0])
+    return stat is not None and stat[2] == proc[1]
+
+
+def _served(sim: SimProcess) -> float:
+    text = httpx.get(f"{sim.url}/metrics", timeout=5).text
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "http_requests"
+               for s in f.samples if s.name == "http_requests_total" and "completions" in s.labels["handler"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the engine's processes in /proc")
+@pytest.mark.parametrize("victim", ["cli", "engine"])
+def test_killing_the_cli_or_engine_stops_the_load(victim: str, tmp_path: Path) -> None:
+    with SimProcess(SIM_CONFIG) as own_sim:
+        cli = subprocess.Popen([sys.executable, "-m", "forge_slo.load", "--target", own_sim.url, "--model", "fixed",
+                                "--rate", "20", "--duration", "60s", "--output-tokens", "5", "--workers", "1",
+                                "--out", str(tmp_path / "out"), "--progress", "off"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        spawned: list[tuple[int, str]] = []
+        try:
+            deadline = time.monotonic() + 60
+            while _served(own_sim) < 20:  # the worker is sending
+                assert cli.poll() is None and time.monotonic() < deadline, "the load never started"
+                time.sleep(0.3)
+            (engine,) = _children(cli.pid)
+            workers = _children(engine[0])
+            spawned += [engine, *workers]
+            assert len(workers) == 1
+            os.kill(cli.pid if victim == "cli" else engine[0], signal.SIGKILL)
+            killed = time.monotonic()
+            survivors = [engine, *workers] if victim == "cli" else workers
+            while any(_alive(p) for p in survivors) and time.monotonic() - killed < 15:
+                time.sleep(0.1)
+            gone_after = time.monotonic() - killed
+            assert not any(_alive(p) for p in survivors), "a Locust process outlived the kill"
+            before = _served(own_sim)
+            time.sleep(1.5)
+            assert _served(own_sim) == before, "requests still arrive"
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+            cli.wait(30)
+            for pid, start in spawned:  # nothing left once the fix works; never leave a sender behind
+                if _alive((pid, start)):
+                    os.kill(pid, signal.SIGKILL)
+    # Within a couple of seconds; the bound leaves room for a busy 2-core machine.
+    assert gone_after < 5.0, gone_after
+
+
+def test_the_lifeline_reports_the_end_of_its_pipe() -> None:
+    read_end, write_end = os.pipe()
+    gone = threading.Event()
+    watcher = threading.Thread(target=watch, args=(read_end, gone.set, lambda fd: select.select([fd], [], [])),
+                               daemon=True)
+    watcher.start()
+    try:
+        os.write(write_end, b"ignored")  # bytes are not the end
+        assert not gone.wait(0.5)
+    finally:
+        os.close(write_end)
+    assert gone.wait(10)
+    watcher.join(10)
+    os.close(read_end)
 
 
 def test_plain_locust_runs_the_same_flags(sim: SimProcess, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import gc
 import logging
 import os
 import random
+import signal
 import socket
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any
 import gevent  # type: ignore[import-untyped]
 import gevent.event  # type: ignore[import-untyped]
 import gevent.pool  # type: ignore[import-untyped]
+import gevent.socket  # type: ignore[import-untyped]
 from gevent import monkey
 from geventhttpclient.connectionpool import ConnectionPool
 from geventhttpclient.response import HTTPParseError, HTTPResponse
@@ -45,6 +47,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from forge_slo.errors import ForgeError, SpecErrors
 from forge_slo.load.body import LineReader, supports
 from forge_slo.load.judge import SpecInfo, criteria_from_spec, judge, select_spec
+from forge_slo.load.lifeline import die_with_parent, lifeline_from_env, watch
 from forge_slo.load.options import LoadOptions, add_load_arguments, options_from_namespace
 from forge_slo.load.sink import RecordSink
 from forge_slo.load.stream import StreamError, StreamMeter, error_message, record_json
@@ -808,6 +811,7 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         runner.register_message("forge_stage", _on_stage_message)
+        _hold_lifeline()
         return
     if isinstance(runner, MasterRunner):
         runner.register_message("forge_records", _on_records_message)
@@ -824,6 +828,20 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
         print(f"error: {exc}", file=sys.stderr)
         CONTROL.error = str(exc)
         sys.exit(exc.exit_code)
+
+
+def _hold_lifeline() -> None:
+    """A worker that forge-slo's engine started ends with the engine: nothing it sends is recorded then."""
+    fd = lifeline_from_env()
+    if fd is None:
+        return
+    die_with_parent(signal.SIGKILL)
+    gevent.spawn(watch, fd, _engine_gone, gevent.socket.wait_read)
+
+
+def _engine_gone() -> None:
+    log.error("forge-slo load: the engine is gone; this worker stops")
+    os._exit(1)
 
 
 def _on_stage_message(environment: Environment, msg: Any, **_kw: Any) -> None:
