@@ -482,7 +482,7 @@ def test_a_huge_usage_claim_is_a_malformed_request_not_a_lost_one(tmp_path: Path
     for r in records:
         assert "completion_tokens" in r.error and "1000000000" in r.error and "max_tokens 16" in r.error, r.error
         assert len(r.itl_s) <= 16
-    assert rss_mb < 1024, rss_mb
+    assert rss_mb < 256, rss_mb
 
 
 def test_an_endless_stream_ends_at_the_timeout(tmp_path: Path) -> None:
@@ -491,7 +491,7 @@ def test_an_endless_stream_ends_at_the_timeout(tmp_path: Path) -> None:
         started = time.monotonic()
         proc, _rss = run_load_capped("--target", url, "--model", "endless", "--concurrency", "1",
                                      "--max-requests", "1", "--duration", "10s", "--timeout", "2s",
-                                     "--out", str(out), "--progress", "off")
+                                     "--max-response-size", "1GiB", "--out", str(out), "--progress", "off")
         elapsed = time.monotonic() - started
     assert_clean(proc)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -516,7 +516,7 @@ def test_a_giant_line_is_cut_off_at_the_line_cap(tmp_path: Path) -> None:
     # The client hung up soon after the cap (socket buffers hold a few MiB more), and kept little of it.
     assert sent < GIANT_LINE_BYTES // 4, sent
     assert (record.e2e_s or 0) < 10, record
-    assert rss_mb < 400, rss_mb
+    assert rss_mb < 256, rss_mb
 
 
 def test_a_response_over_the_size_cap_is_cut_off(tmp_path: Path) -> None:
