@@ -5,11 +5,13 @@ runs only in child processes (``python -m forge_slo.load``, ``python -m locust``
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
 import random
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -27,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forge_slo.errors import UsageError
 from forge_slo.load.judge import Criterion, good_requests, judge
+from forge_slo.load.lifeline import watch
 from forge_slo.load.options import options_from_namespace
 from forge_slo.load.report import render_report
 from forge_slo.load.stream import StreamError, StreamMeter, record_json
@@ -312,42 +315,107 @@ def test_refused_connections_are_failures_of_kind_connection(spec_file: Path, tm
 class _BadServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     calls = 0
+    giant_sent = 0                 # bytes of the giant line written before the client hung up
     stopping = threading.Event()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that timed out closed its end: expected
+        pass  # a client that timed out or gave up closed its end: expected
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return b"data: " + text.encode() + b"\n\n"
+
+
+def _content(text: str, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+
+
+GIANT_LINE_BYTES = 100 * 2**20
+BAD_SERVER_BOUND_S = 30.0          # no answer of the bad server lasts longer, whatever the client does
 
 
 class _BadHandler(http.server.BaseHTTPRequestHandler):
+    """Answers by the request's model: each model is one way a server can break a client."""
+
     protocol_version = "HTTP/1.0"  # the body ends when the connection closes
 
     def log_message(self, *args: Any) -> None:
         pass
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         server = self.server
         assert isinstance(server, _BadServer)
         server.calls += 1
+        if body["model"] == "endless-headers":
+            self.wfile.write(b"HTTP/1.0 200 OK\r\n")
+            deadline = time.monotonic() + BAD_SERVER_BOUND_S
+            while time.monotonic() < deadline and not server.stopping.is_set():
+                self.wfile.write(b"X-Filler: " + b"y" * 1000 + b"\r\n")
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        chunk = {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
-        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        getattr(self, "_answer_" + str(body["model"]).replace("-", "_"))(server)
+        self.wfile.flush()
+
+    def _answer_m(self, server: _BadServer) -> None:
+        self.wfile.write(_sse(_content("x")))
         self.wfile.flush()
         if server.calls % 2:
             self.wfile.write(b"data: {\"choices\": [{\"delta\": \n\n")  # not JSON
         else:
             server.stopping.wait(3.0)  # stall past the client's timeout
 
+    def _answer_huge_usage(self, server: _BadServer) -> None:
+        for text in ("a", "b", "c"):
+            self.wfile.write(_sse(_content(text)))
+        self.wfile.write(_sse(_content("", "length")))
+        self.wfile.write(_sse({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 10**9,
+                                                          "total_tokens": 10**9 + 5}}))
+        self.wfile.write(_sse("[DONE]"))
+
+    def _answer_endless(self, server: _BadServer) -> None:
+        chunk = _sse(_content("x")) * 20
+        deadline = time.monotonic() + BAD_SERVER_BOUND_S
+        while time.monotonic() < deadline and not server.stopping.is_set():
+            self.wfile.write(chunk)  # as fast as the client reads; ends when it hangs up
+
+    def _answer_giant_line(self, server: _BadServer) -> None:
+        self.wfile.write(b'data: {"choices":[{"index":0,"delta":{"content":"')
+        block = b"x" * 2**16
+        deadline = time.monotonic() + BAD_SERVER_BOUND_S
+        while server.giant_sent < GIANT_LINE_BYTES and time.monotonic() < deadline:
+            self.wfile.write(block)
+            server.giant_sent += len(block)
+        self.wfile.write(b'"},"finish_reason":null}]}\n\n' + _sse(_content("", "stop")) + _sse("[DONE]"))
+
+    def _answer_bad_shape(self, server: _BadServer) -> None:
+        # Valid JSON, but no "choices": no completion chunk carries its content at the top level.
+        self._around(b'data: {"content":"x","finish_reason":null}\n\n')
+
+    def _answer_bad_json(self, server: _BadServer) -> None:
+        self._around(b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}}\n\n')
+
+    def _around(self, bad: bytes) -> None:
+        self.wfile.write(_sse(_content("a")) + bad + _sse(_content("b", "stop")) + _sse("[DONE]"))
+
 
 @pytest.fixture()
 def bad_server() -> Iterator[str]:
+    with _serve_bad() as (url, _server):
+        yield url
+
+
+@contextlib.contextmanager
+def _serve_bad() -> Iterator[tuple[str, _BadServer]]:
     server = _BadServer(("127.0.0.1", 0), _BadHandler)
+    server.stopping = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}", server
     finally:
         server.stopping.set()
         server.shutdown()
@@ -369,6 +437,223 @@ def test_malformed_events_and_timeouts_are_failures_of_their_kind(bad_server: st
     timed_out = [r for r in records if r.error_kind == "timeout"]
     assert all(0.6 <= (r.e2e_s or 0) < 0.8 and r.ttft_s is not None for r in timed_out)
     assert all("not JSON" in r.error for r in records if r.error_kind == "malformed")
+
+
+# A run under a memory cap, reporting the peak resident memory of its largest process (the engine): a client
+# that allocated for what a server claims would fail here instead of taking the machine's memory.
+_LIMITED = """
+import resource, subprocess, sys
+cap = int(sys.argv[1]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+code = subprocess.run(sys.argv[2:], stdin=subprocess.DEVNULL).returncode
+print(f"maxrss_kb={resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}", file=sys.stderr)
+sys.exit(code)
+"""
+MEMORY_CAP_MB = 3072
+
+
+def run_load_capped(*args: str, timeout: float = 90) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``run_load`` with an address-space cap on the CLI and its children; also returns their peak RSS (MiB)."""
+    proc = subprocess.run([sys.executable, "-c", _LIMITED, str(MEMORY_CAP_MB), sys.executable, "-m",
+                           "forge_slo.load", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    match = re.search(r"maxrss_kb=(\d+)", proc.stderr)
+    assert match, proc.stderr
+    return proc, int(match.group(1)) // 1024
+
+
+def assert_every_request_recorded(out: Path, kind: str, requests: int) -> list[RequestRecord]:
+    """Each request sent is a record of the given failure kind, and the summary counts it."""
+    records = read_records(out / "records.jsonl")
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert [st["sent"] for st in run["stages"]] == [requests], run["stages"]
+    assert len(records) == requests
+    assert all(not r.ok and r.error_kind == kind and r.error for r in records), records
+    (stage,) = summary_of(out)["stages"]
+    assert (stage["requests"], stage["failed"]) == (requests, requests)
+    assert stage["errors"]["by_kind"] == {kind: requests}
+    return records
+
+
+def test_a_huge_usage_claim_is_a_malformed_request_not_a_lost_one(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _serve_bad() as (url, _server):
+        proc, rss_mb = run_load_capped("--target", url, "--model", "huge-usage", "--concurrency", "1",
+                                       "--max-requests", "2", "--duration", "10s", "--output-tokens", "16",
+                                       "--out", str(out), "--progress", "off")
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # nothing succeeded
+    records = assert_every_request_recorded(out, "malformed", 2)
+    for r in records:
+        assert "completion_tokens" in r.error and "1000000000" in r.error and "max_tokens 16" in r.error, r.error
+        assert len(r.itl_s) <= 16
+    assert rss_mb < 256, rss_mb
+
+
+def test_an_endless_stream_ends_at_the_timeout(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _serve_bad() as (url, _server):
+        started = time.monotonic()
+        proc, _rss = run_load_capped("--target", url, "--model", "endless", "--concurrency", "1",
+                                     "--max-requests", "1", "--duration", "10s", "--timeout", "2s",
+                                     "--max-response-size", "1GiB", "--out", str(out), "--progress", "off")
+        elapsed = time.monotonic() - started
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (record,) = assert_every_request_recorded(out, "timeout", 1)
+    # The timeout bounds the whole request, connect to last byte, even while bytes keep arriving.
+    assert 2.0 <= (record.e2e_s or 0) < 4.0, record
+    assert record.ttft_s is not None and "2s" in record.error
+    assert elapsed < BAD_SERVER_BOUND_S, elapsed  # the bad server would have streamed for 30 s
+
+
+def test_a_giant_line_is_cut_off_at_the_line_cap(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _serve_bad() as (url, server):
+        proc, rss_mb = run_load_capped("--target", url, "--model", "giant-line", "--concurrency", "1",
+                                       "--max-requests", "1", "--duration", "10s", "--max-line-size", "1MiB",
+                                       "--out", str(out), "--progress", "off")
+        sent = server.giant_sent
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (record,) = assert_every_request_recorded(out, "malformed", 1)
+    assert "--max-line-size" in record.error and "1MiB" in record.error, record.error
+    # The client hung up soon after the cap (socket buffers hold a few MiB more), and kept little of it.
+    assert sent < GIANT_LINE_BYTES // 4, sent
+    assert (record.e2e_s or 0) < 10, record
+    assert rss_mb < 256, rss_mb
+
+
+def test_a_response_over_the_size_cap_is_cut_off(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _serve_bad() as (url, _server):
+        proc = run_load("--target", url, "--model", "endless", "--concurrency", "1", "--max-requests", "1",
+                        "--duration", "10s", "--max-response-size", "256KiB", "--out", str(out), "--progress", "off")
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (record,) = assert_every_request_recorded(out, "malformed", 1)
+    assert "--max-response-size" in record.error and "256KiB" in record.error, record.error
+    assert (record.e2e_s or 0) < 10, record
+
+
+def test_endless_headers_are_cut_off(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _serve_bad() as (url, _server):
+        proc = run_load("--target", url, "--model", "endless-headers", "--concurrency", "1", "--max-requests", "1",
+                        "--duration", "10s", "--out", str(out), "--progress", "off")
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (record,) = assert_every_request_recorded(out, "malformed", 1)
+    assert "headers are longer than 1MiB" in record.error, record.error
+    assert (record.e2e_s or 0) < 10, record
+
+
+@pytest.mark.parametrize(("model", "reason"), [("bad-shape", "no 'choices'"), ("bad-json", "not JSON")])
+def test_a_malformed_event_is_not_a_token(model: str, reason: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _serve_bad() as (url, _server):
+        proc = run_load("--target", url, "--model", model, "--concurrency", "1", "--max-requests", "2",
+                        "--duration", "10s", "--out", str(out), "--progress", "off")
+    assert_clean(proc)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for r in assert_every_request_recorded(out, "malformed", 2):
+        assert reason in r.error, r.error
+        assert r.output_tokens == 1  # the event before the bad one; the bad one is not counted
+
+
+def test_help_documents_the_size_caps() -> None:
+    proc = run_load("--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "--max-line-size" in text and "default 1MiB" in text
+    assert "--max-response-size" in text and "default 64MiB" in text
+
+
+def _proc_stat(pid: int) -> tuple[int, str, str] | None:
+    """(parent pid, state, start time) of a live process, None once it is gone (a zombie is gone too)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return (None if fields[0] == "Z" else (int(fields[1]), fields[0], fields[19]))
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """The child processes of ``pid``, each with its start time (a pid can be reused)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[0] == pid:
+                found.append((int(entry.name), stat[2]))
+    return found
+
+
+def _alive(proc: tuple[int, str]) -> bool:
+    stat = _proc_stat(proc[0])
+    return stat is not None and stat[2] == proc[1]
+
+
+def _served(sim: SimProcess) -> float:
+    text = httpx.get(f"{sim.url}/metrics", timeout=5).text
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "http_requests"
+               for s in f.samples if s.name == "http_requests_total" and "completions" in s.labels["handler"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the engine's processes in /proc")
+@pytest.mark.parametrize("victim", ["cli", "engine"])
+def test_killing_the_cli_or_engine_stops_the_load(victim: str, tmp_path: Path) -> None:
+    with SimProcess(SIM_CONFIG) as own_sim:
+        cli = subprocess.Popen([sys.executable, "-m", "forge_slo.load", "--target", own_sim.url, "--model", "fixed",
+                                "--rate", "20", "--duration", "60s", "--output-tokens", "5", "--workers", "1",
+                                "--out", str(tmp_path / "out"), "--progress", "off"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        spawned: list[tuple[int, str]] = []
+        try:
+            deadline = time.monotonic() + 60
+            while _served(own_sim) < 20:  # the worker is sending
+                assert cli.poll() is None and time.monotonic() < deadline, "the load never started"
+                time.sleep(0.3)
+            (engine,) = _children(cli.pid)
+            workers = _children(engine[0])
+            spawned += [engine, *workers]
+            assert len(workers) == 1
+            os.kill(cli.pid if victim == "cli" else engine[0], signal.SIGKILL)
+            killed = time.monotonic()
+            survivors = [engine, *workers] if victim == "cli" else workers
+            while any(_alive(p) for p in survivors) and time.monotonic() - killed < 15:
+                time.sleep(0.1)
+            gone_after = time.monotonic() - killed
+            assert not any(_alive(p) for p in survivors), "a Locust process outlived the kill"
+            before = _served(own_sim)
+            time.sleep(1.5)
+            assert _served(own_sim) == before, "requests still arrive"
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+            cli.wait(30)
+            for pid, start in spawned:  # nothing left once the fix works; never leave a sender behind
+                if _alive((pid, start)):
+                    os.kill(pid, signal.SIGKILL)
+    # Within a couple of seconds; the bound leaves room for a busy 2-core machine.
+    assert gone_after < 5.0, gone_after
+
+
+def test_the_lifeline_reports_the_end_of_its_pipe() -> None:
+    read_end, write_end = os.pipe()
+    gone = threading.Event()
+    watcher = threading.Thread(target=watch, args=(read_end, gone.set, lambda fd: select.select([fd], [], [])),
+                               daemon=True)
+    watcher.start()
+    try:
+        os.write(write_end, b"ignored")  # bytes are not the end
+        assert not gone.wait(0.5)
+    finally:
+        os.close(write_end)
+    assert gone.wait(10)
+    watcher.join(10)
+    os.close(read_end)
 
 
 def test_plain_locust_runs_the_same_flags(sim: SimProcess, tmp_path: Path) -> None:
@@ -418,6 +703,8 @@ def test_demo_works_from_a_fresh_directory(tmp_path: Path) -> None:
     (["--rate", "1", "--burstiness", "0.5"], "--burstiness"),
     (["--rate", "1", "--metrics-port", "70000"], "--metrics-port"),
     (["--rate", "1", "--spec", "no/such/spec.yaml"], "--spec"),
+    (["--rate", "1", "--max-line-size", "1TB"], "--max-line-size"),
+    (["--rate", "1", "--max-response-size", "0"], "--max-response-size"),
 ])
 def test_bad_flags_exit_2_with_a_message(args: list[str], message: str, tmp_path: Path) -> None:
     proc = run_load("--target", "http://127.0.0.1:9", "--model", "m", "--out", str(tmp_path / "o"), *args)
@@ -474,7 +761,7 @@ def _chunk(content: str | None, finish: str | None = None, usage: int | None = N
 
 
 def test_metric_definitions_on_a_chunked_stream() -> None:
-    meter = StreamMeter(10.0)
+    meter = StreamMeter(10.0, 16)
     _feed(meter, [(10.0, b'{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}'),
                   (10.1, _chunk("ab")), (10.3, _chunk("cd")), (10.4, _chunk("ef", "length")),
                   (10.41, _chunk(None, usage=6))])
@@ -490,7 +777,7 @@ def test_metric_definitions_on_a_chunked_stream() -> None:
 
 
 def test_without_usage_tokens_are_counted_from_the_stream() -> None:
-    meter = StreamMeter(0.0)
+    meter = StreamMeter(0.0, 16)
     _feed(meter, [(0.2, _chunk("a")), (0.25, _chunk("b")), (0.3, _chunk("c", "stop"))])
     meter.end_without_done(0.31)
     r = meter.record(start_time=1.0, model="m", stage="s", warmup=True, trace_id="t")
@@ -505,17 +792,61 @@ def test_without_usage_tokens_are_counted_from_the_stream() -> None:
 ])
 def test_bad_events_raise_their_kind(line: bytes, kind: str) -> None:
     with pytest.raises(StreamError) as info:
-        StreamMeter(0.0).feed(line, 1.0)
+        StreamMeter(0.0, 16).feed(line, 1.0)
     assert info.value.kind == kind
 
 
+_TOKEN = b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"%s"},"logprobs":null,"finish_reason":null}]}\n'
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b'a"b', "not JSON"),                 # an unescaped quote ends the string early
+    (b"a\\qb", "not JSON"),              # not a JSON escape
+    (b"a\x01b", "not JSON"),              # a raw control character
+    (b'a"},"x', "not JSON"),              # the same framing around more than one string
+])
+def test_an_event_framed_like_a_token_must_still_be_json(content: bytes, reason: str) -> None:
+    meter = StreamMeter(0.0, 16)
+    assert not meter.feed(_TOKEN % b"first", 0.1) and not meter.feed(_TOKEN % b"\\u00e9\\n", 0.2)
+    with pytest.raises(StreamError) as info:
+        meter.feed(_TOKEN % content, 0.3)
+    assert info.value.kind == "malformed" and reason in info.value.message
+    assert len(meter.token_times) == 2
+    meter.feed(_TOKEN % b"", 0.4)  # empty content: valid, but not a token
+    assert len(meter.token_times) == 2
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    (b'data: {"content":"x","finish_reason":null}\n', "no 'choices'"),
+    (b'data: {"choices":[{"delta":{"content":7}}]}\n', "'content' is not a string"),
+    (b'data: {"choices":[{"delta":"x"}]}\n', "'delta' is not an object"),
+    (b'data: {"choices":[{"text":"x","finish_reason":3}]}\n', "'finish_reason' is not a string"),
+    (b'data: {"choices":[],"usage":{"completion_tokens":"12"}}\n', "usage.completion_tokens is not a whole"),
+    (b'data: {"choices":[],"usage":{"completion_tokens":-1}}\n', "usage.completion_tokens is not a whole"),
+    (b'data: {"choices":[],"usage":{"completion_tokens":17}}\n', "more than the request's max_tokens 16"),
+    (b'data: {"choices":[],"usage":[1]}\n', "'usage' is not an object"),
+    (b"data: " + b"[" * 100_000 + b"\n", "not JSON"),
+])
+def test_events_of_the_wrong_shape_are_malformed(line: bytes, reason: str) -> None:
+    with pytest.raises(StreamError) as info:
+        StreamMeter(0.0, 16).feed(line, 1.0)
+    assert info.value.kind == "malformed" and reason in info.value.message, info.value.message
+
+
+def test_usage_up_to_max_tokens_spreads_zero_gaps() -> None:
+    meter = StreamMeter(0.0, 16)
+    _feed(meter, [(0.1, _chunk("ab")), (0.2, _chunk("cd", "length")), (0.21, _chunk(None, usage=16))])
+    r = meter.record(start_time=1.0, model="m", stage="s", warmup=False, trace_id="t")
+    assert r.ok and r.output_tokens == 16 and len(r.itl_s) == 15 and r.itl_s.count(0.0) == 14
+
+
 def test_cut_and_aborted_streams_are_failures() -> None:
-    meter = StreamMeter(0.0)
+    meter = StreamMeter(0.0, 16)
     _feed(meter, [(0.1, _chunk("a"))])
     meter.end_without_done(0.2)
     r = meter.record(start_time=1.0, model="m", stage="s", warmup=False, trace_id="t")
     assert not r.ok and r.error_kind == "stream_cut" and r.ttft_s == pytest.approx(0.1)
-    meter = StreamMeter(0.0)
+    meter = StreamMeter(0.0, 16)
     _feed(meter, [(0.1, _chunk("a")), (0.2, _chunk("", "abort"))])
     meter.feed(b"data: [DONE]\n", 0.2)
     r = meter.record(start_time=1.0, model="m", stage="s", warmup=False, trace_id="t")

@@ -109,8 +109,18 @@ def _run_engine(plan: dict[str, Any], bound_s: float) -> tuple[int, bool]:
     proc = subprocess.Popen([sys.executable, "-m", "forge_slo.load.engine"], stdin=subprocess.PIPE,
                             env=child_env(), start_new_session=True)
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(plan).encode())
-    proc.stdin.close()
+    lifeline = proc.stdin  # kept open while this process lives: the engine ends when it closes, however
+    try:
+        with contextlib.suppress(BrokenPipeError):  # an engine that died at once: its exit code tells
+            lifeline.write(json.dumps({**plan, "lifeline": True}).encode() + b"\n")
+            lifeline.flush()
+        return _wait_engine(proc, bound_s)
+    finally:
+        with contextlib.suppress(OSError):  # the engine may be gone already
+            lifeline.close()
+
+
+def _wait_engine(proc: subprocess.Popen[bytes], bound_s: float) -> tuple[int, bool]:
     received: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:

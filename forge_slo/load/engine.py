@@ -3,6 +3,10 @@
 The CLI validates the flags, then starts this process and hands it the flags as JSON on its standard input,
 so Locust's gevent monkey-patching happens only here. With ``--workers N`` it is a Locust master and starts
 N ``locust --worker`` processes on the same locustfile, exactly as one would across machines.
+
+The plan is one line. With ``"lifeline": true`` the CLI keeps standard input open for as long as it lives:
+its end (the CLI died, even by SIGKILL) ends the run as SIGTERM would, and the workers end with this
+process in turn (see :mod:`forge_slo.load.lifeline`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forge_slo.load.lifeline import LIFELINE_ENV, die_with_parent, watch
+
 LOCUSTFILE = Path(__file__).resolve().parent / "_locust" / "locustfile.py"
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 WORKER_START_S = 60.0
+ORPHAN_EXIT_S = 30  # once the CLI is gone, the run ends cleanly or the kernel ends it after this (SIGALRM)
 
 
 def worker_command(master_port: int) -> list[str]:
@@ -28,6 +35,7 @@ def worker_command(master_port: int) -> list[str]:
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop(LIFELINE_ENV, None)  # a lifeline is meant for one child only: whoever passes it sets it
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     return env
 
@@ -42,11 +50,17 @@ def free_port() -> int:
 
 
 def main() -> int:
-    plan: dict[str, Any] = json.loads(sys.stdin.read())
-    sys.stdin.close()
+    plan: dict[str, Any] = json.loads(sys.stdin.buffer.readline())
+    parent = os.getppid()
+    lifeline = bool(plan.get("lifeline"))
+    if lifeline:
+        die_with_parent(signal.SIGTERM)
+    else:
+        sys.stdin.close()
 
     import gevent  # type: ignore[import-untyped]
     import gevent.event  # type: ignore[import-untyped]
+    import gevent.socket  # type: ignore[import-untyped]
     import locust
     from locust import argument_parser as _argument_parser
     from locust import log as _locust_log
@@ -67,8 +81,20 @@ def main() -> int:
         if signals["count"] >= 3:
             os._exit(130)
 
+    def on_parent_gone() -> None:
+        signal.alarm(ORPHAN_EXIT_S)  # SIGALRM's default action ends the process: no one is waiting for it
+        on_signal()
+
+    def on_sigterm() -> None:  # also what the kernel sends when the CLI dies (die_with_parent)
+        if os.getppid() != parent:
+            on_parent_gone()
+        else:
+            on_signal()
+
     gevent.signal_handler(signal.SIGINT, on_signal)
-    gevent.signal_handler(signal.SIGTERM, on_signal)
+    gevent.signal_handler(signal.SIGTERM, on_sigterm)
+    if lifeline:
+        gevent.spawn(watch, sys.stdin.fileno(), on_parent_gone, gevent.socket.wait_read)
     argument_parser: Any = _argument_parser  # untyped parts of Locust
     locust_log: Any = _locust_log
     shape_class: Any = lu.ForgeLoadShape
@@ -103,11 +129,16 @@ def main() -> int:
     out = Path(flags["out"])
     try:
         if workers:
+            # The workers' lifeline: this process holds the write end until it exits, however it exits.
+            read_end, _write_end = os.pipe()
+            worker_env = {**child_env(), LIFELINE_ENV: str(read_end)}
             for i in range(workers):
                 log = open(out / f"worker-{i}.log", "wb")  # noqa: SIM115 - closed below
                 logs.append(log)
                 procs.append(subprocess.Popen(worker_command(port), stdout=log, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True))
+                                              stdin=subprocess.DEVNULL, env=worker_env, start_new_session=True,
+                                              pass_fds=(read_end,)))
+            os.close(read_end)
             deadline = time.monotonic() + WORKER_START_S
             while runner.worker_count < workers and not stop.is_set():
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):

@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "output_tokens": "128",
     "timeout": "120s",
     "max_in_flight": 2000,
+    "max_line_size": "1MiB",
+    "max_response_size": "64MiB",
     "seed": 0,
     "metrics_host": "127.0.0.1",
     "progress": "auto",
@@ -87,6 +89,8 @@ class LoadOptions:
     metrics_host: str = "127.0.0.1"
     stop_on_fail: bool = True
     progress: str = "auto"
+    max_line_bytes: int = 2**20          # one line of the event stream
+    max_response_bytes: int = 64 * 2**20  # one answer's body
 
     @property
     def url(self) -> str:
@@ -140,6 +144,12 @@ def add_load_arguments(parser: Any, *, locust: bool = False) -> None:
                    help="send ignore_eos=true (vLLM, SGLang) so every answer is exactly max_tokens long")
     g.add_argument("--timeout", default=DEFAULTS["timeout"], metavar="D",
                    help="give up on a request after D (counted as a timeout; default 120s)")
+    g.add_argument("--max-line-size", default=DEFAULTS["max_line_size"], metavar="SIZE",
+                   help="a line of an answer's event stream longer than SIZE fails the request as malformed "
+                        f"(bytes, or with KiB, MiB, GiB; default {DEFAULTS['max_line_size']})")
+    g.add_argument("--max-response-size", default=DEFAULTS["max_response_size"], metavar="SIZE",
+                   help="an answer longer than SIZE fails the request as malformed "
+                        f"(default {DEFAULTS['max_response_size']})")
     g.add_argument("--max-in-flight", type=int, default=DEFAULTS["max_in_flight"], metavar="N",
                    help="open loop: arrivals beyond N running requests per process are dropped and counted "
                         "(default 2000)")
@@ -212,6 +222,8 @@ def options_from_namespace(ns: argparse.Namespace | Mapping[str, Any], *, host: 
     dataset = load_dataset(str(dataset_path), api) if dataset_path else None
     timeout = _duration("--timeout", get("timeout") or DEFAULTS["timeout"])
     max_in_flight = _positive_int("--max-in-flight", get("max_in_flight", DEFAULTS["max_in_flight"]))
+    max_line = _size("--max-line-size", get("max_line_size") or DEFAULTS["max_line_size"])
+    max_response = _size("--max-response-size", get("max_response_size") or DEFAULTS["max_response_size"])
     seed_raw = get("seed", 0)
     try:
         seed = int(seed_raw if seed_raw is not None else 0)
@@ -242,7 +254,7 @@ def options_from_namespace(ns: argparse.Namespace | Mapping[str, Any], *, host: 
         spec_path=str(spec_path) if spec_path else None, service=get("service") or None,
         out=str(get("out")) if get("out") else None, metrics_port=metrics_port,
         metrics_host=str(get("metrics_host") or "127.0.0.1"), stop_on_fail=bool(get("stop_on_fail", True)),
-        progress=progress,
+        progress=progress, max_line_bytes=max_line, max_response_bytes=max_response,
     )
 
 
@@ -308,6 +320,22 @@ def _positive_int(flag: str, raw: Any) -> int:
         raise UsageError(f"{flag}: {raw!r} is not a whole number") from None
     if value <= 0:
         raise UsageError(f"{flag}: {raw!r} must be at least 1")
+    return value
+
+
+_SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+MAX_SIZE = 2**40
+
+
+def _size(flag: str, raw: Any) -> int:
+    """Bytes from ``65536``, ``64KiB``, ``1MiB`` or ``2GiB``."""
+    match = _SIZE.match(str(raw).strip())
+    if not match:
+        raise UsageError(f"{flag}: {raw!r} is not a size such as 65536, 64KiB or 1MiB")
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not 0 < value <= MAX_SIZE:
+        raise UsageError(f"{flag}: {raw!r} must be between 1 byte and 1024GiB")
     return value
 
 

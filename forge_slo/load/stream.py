@@ -13,11 +13,16 @@ module knows the OpenAI event format and the project's metric definitions (see t
   events as zero gaps.
 - TPOT: (e2e - TTFT) / (output tokens - 1), none with fewer than two tokens.
 - e2e: request sent -> the ``[DONE]`` event (or the end of the body when a server sends no ``[DONE]``).
+
+An event that is not the JSON of a completion chunk fails the request as ``malformed`` (it is never counted
+as a token), and so does a ``usage.completion_tokens`` above the request's ``max_tokens``: such a count
+cannot be true, and nothing here is ever allocated in proportion to a number the server sends.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 from typing import Any
 
@@ -25,10 +30,13 @@ from forge_slo.sources.records import RECORD_VERSION, RequestRecord
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
-# The common event, one token and no finish reason yet, recognised without parsing the JSON.
-_NOT_FINISHED = b'"finish_reason":null'
-_CONTENT_MARKS = (b'"content":"', b'"text":"')
+# One JSON string literal (RFC 8259), at least one character long: the content of a token event.
+_CONTENT_LITERAL = re.compile(rb'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))+"')
+_SENTINEL = "\x00\x01forge-slo"
+_SENTINEL_LITERAL = b'"\\u0000\\u0001forge-slo"'
+_CONTENT_KEYS = ("content", "reasoning_content", "reasoning")
 _RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
+_TEMPLATE_TRIES = 4           # token events whose framing may become the template, per stream
 
 
 class StreamError(Exception):
@@ -42,13 +50,22 @@ class StreamError(Exception):
 
 
 class StreamMeter:
-    """Collects the timing of one stream; :meth:`feed` every line, then :meth:`record`."""
+    """Collects the timing of one stream; :meth:`feed` every line, then :meth:`record`.
 
-    __slots__ = ("t_sent", "token_times", "finish_reason", "prompt_tokens", "completion_tokens", "done",
-                 "t_done", "t_last", "bytes", "error_kind", "error", "status")
+    Every event is checked, but most are checked without parsing: once one token event has been parsed, the
+    bytes around its content (its "template") are proven to frame a string at that place by parsing them
+    again around a sentinel. A later event with the same bytes around any valid, non-empty JSON string is
+    then the same event with other content (a token), recognised by comparing bytes. Any other event is
+    parsed in full.
+    """
 
-    def __init__(self, t_sent: float) -> None:
+    __slots__ = ("t_sent", "max_tokens", "token_times", "finish_reason", "prompt_tokens", "completion_tokens",
+                 "done", "t_done", "t_last", "bytes", "error_kind", "error", "status", "_prefix", "_suffix",
+                 "_templates_tried")
+
+    def __init__(self, t_sent: float, max_tokens: int) -> None:
         self.t_sent = t_sent
+        self.max_tokens = max_tokens  # what the request asked for: the bound of a believable usage count
         self.token_times: list[float] = []
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
@@ -60,11 +77,15 @@ class StreamMeter:
         self.error_kind: str | None = None
         self.error = ""
         self.status: int | None = None
+        self._prefix: bytes | None = None
+        self._suffix = b""
+        self._templates_tried = 0
 
     def feed(self, line: bytes, now: float) -> bool:
         """Take one line read at ``now``; returns True once the stream has ended with ``[DONE]``.
 
-        Raises StreamError("malformed") for an event that is not the JSON of a completion chunk.
+        Raises StreamError("malformed") for an event that is not the JSON of a completion chunk, or whose
+        usage cannot be true; StreamError("other") for an error event.
         """
         self.bytes += len(line)
         self.t_last = now
@@ -77,49 +98,86 @@ class StreamMeter:
             return True
         if not payload:
             return False
-        if (payload[-1:] == b"}" and _NOT_FINISHED in payload and b'"usage"' not in payload
-                and b'"error"' not in payload):
-            for mark in _CONTENT_MARKS:
-                at = payload.find(mark)
-                if at > 0:
-                    if payload[at + len(mark):at + len(mark) + 1] != b'"':
-                        self.token_times.append(now)
-                        return False
-                    break
+        if self._fits_template(payload):
+            self.token_times.append(now)
+            return False
+        self._parse(payload, now)
+        return False
+
+    def _fits_template(self, payload: bytes) -> bool:
+        prefix = self._prefix
+        if prefix is None:
+            return False
+        suffix = self._suffix
+        end = len(payload) - len(suffix)
+        return (end > len(prefix) and payload.startswith(prefix) and payload.endswith(suffix)
+                and _CONTENT_LITERAL.fullmatch(payload, len(prefix), end) is not None)
+
+    def _parse(self, payload: bytes, now: float) -> None:
         try:
             event = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             raise StreamError("malformed", f"event is not JSON: {_clip(payload)}") from None
         if not isinstance(event, dict):
             raise StreamError("malformed", f"event is not a JSON object: {_clip(payload)}")
         choices = event.get("choices")
+        usage = event.get("usage")
         if choices:
-            if not isinstance(choices, list) or not isinstance(choices[0], dict):
-                raise StreamError("malformed", f"'choices' is not a list of objects: {_clip(payload)}")
+            key = _check_choices(choices, payload)
             choice = choices[0]
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                content = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
-            else:
-                content = choice.get("text")
-            if content:
+            if key is not None:
                 self.token_times.append(now)
+                if self._templates_tried < _TEMPLATE_TRIES:
+                    self._learn_template(payload, event, key)
             reason = choice.get("finish_reason")
             if reason:
-                self.finish_reason = str(reason)
+                self.finish_reason = reason
         elif "error" in event:
             err = event["error"]
             message = err.get("message") if isinstance(err, dict) else err
             raise StreamError("other", f"error event in the stream: {_clip(str(message).encode())}")
-        usage = event.get("usage")
-        if isinstance(usage, dict):
-            completion = usage.get("completion_tokens")
-            prompt = usage.get("prompt_tokens")
-            if isinstance(completion, int) and not isinstance(completion, bool) and completion >= 0:
-                self.completion_tokens = completion
-            if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0:
-                self.prompt_tokens = prompt
-        return False
+        elif choices is None and usage is None:
+            raise StreamError("malformed", f"event has no 'choices': {_clip(payload)}")
+        elif not isinstance(choices, list | None):
+            raise StreamError("malformed", f"'choices' is not a list of objects: {_clip(payload)}")
+        if usage is not None:
+            self._take_usage(usage, payload)
+
+    def _take_usage(self, usage: Any, payload: bytes) -> None:
+        if not isinstance(usage, dict):
+            raise StreamError("malformed", f"'usage' is not an object: {_clip(payload)}")
+        completion = _count(usage, "completion_tokens", payload)
+        prompt = _count(usage, "prompt_tokens", payload)
+        if completion is not None and completion > self.max_tokens:
+            # Believing it would make the record carry that many inter-token gaps.
+            raise StreamError("malformed", f"usage.completion_tokens is {_clip(str(completion).encode(), 40)}, "
+                                           f"more than the request's max_tokens {self.max_tokens}")
+        if completion is not None:
+            self.completion_tokens = completion
+        if prompt is not None:
+            self.prompt_tokens = prompt
+
+    def _learn_template(self, payload: bytes, event: dict[str, Any], key: str) -> None:
+        self._templates_tried += 1
+        mark = re.search(b'"' + key.encode() + rb'"\s*:\s*(?=")', payload)
+        if mark is None or _SENTINEL_LITERAL in payload:
+            return
+        literal = _CONTENT_LITERAL.match(payload, mark.end())
+        if literal is None:
+            return
+        prefix, suffix = payload[:mark.end()], payload[literal.end():]
+        try:
+            probe = json.loads(prefix + _SENTINEL_LITERAL + suffix)
+        except (ValueError, RecursionError):
+            return
+        slot = _content_slot(probe, key)
+        if slot is None or slot.get(key) != _SENTINEL:
+            return
+        original = _content_slot(event, key)
+        assert original is not None
+        slot[key] = original[key]
+        if probe == event:
+            self._prefix, self._suffix = prefix, suffix
 
     def fail(self, kind: str, message: str, now: float) -> None:
         self.error_kind = kind
@@ -177,6 +235,52 @@ def _gaps(times: list[float], tokens: int) -> tuple[float, ...]:
         given += share
         out.extend([0.0] * share)
     return tuple(out)
+
+
+def _check_choices(choices: Any, payload: bytes) -> str | None:
+    """Check the first choice's shape; the key of its non-empty content, None when it carries none."""
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise StreamError("malformed", f"'choices' is not a list of objects: {_clip(payload)}")
+    choice = choices[0]
+    reason = choice.get("finish_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise StreamError("malformed", f"'finish_reason' is not a string: {_clip(payload)}")
+    delta = choice.get("delta")
+    if delta is None:
+        return _content_key(choice, ("text",), payload)
+    if not isinstance(delta, dict):
+        raise StreamError("malformed", f"'delta' is not an object: {_clip(payload)}")
+    return _content_key(delta, _CONTENT_KEYS, payload)
+
+
+def _content_key(holder: dict[str, Any], keys: tuple[str, ...], payload: bytes) -> str | None:
+    found = None
+    for key in keys:
+        value = holder.get(key)
+        if value is not None and not isinstance(value, str):
+            raise StreamError("malformed", f"'{key}' is not a string: {_clip(payload)}")
+        if value and found is None:
+            found = key
+    return found
+
+
+def _content_slot(event: Any, key: str) -> dict[str, Any] | None:
+    """The object holding the content under ``key`` (a choice's delta, or the choice for ``text``)."""
+    try:
+        choice = event["choices"][0]
+        slot = choice if key == "text" else choice["delta"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return slot if isinstance(slot, dict) else None
+
+
+def _count(usage: dict[str, Any], name: str, payload: bytes) -> int | None:
+    value = usage.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StreamError("malformed", f"usage.{name} is not a whole number >= 0: {_clip(payload)}")
+    return value
 
 
 def _clip(payload: bytes, limit: int = 120) -> str:

@@ -25,6 +25,7 @@ import gc
 import logging
 import os
 import random
+import signal
 import socket
 import sys
 import time
@@ -35,15 +36,18 @@ from typing import Any
 import gevent  # type: ignore[import-untyped]
 import gevent.event  # type: ignore[import-untyped]
 import gevent.pool  # type: ignore[import-untyped]
+import gevent.socket  # type: ignore[import-untyped]
 from gevent import monkey
 from geventhttpclient.connectionpool import ConnectionPool
-from geventhttpclient.response import HTTPParseError
+from geventhttpclient.response import HTTPParseError, HTTPResponse
 from locust import FastHttpUser, LoadTestShape, constant, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from forge_slo.errors import ForgeError, SpecErrors
+from forge_slo.load.body import LineReader, supports
 from forge_slo.load.judge import SpecInfo, criteria_from_spec, judge, select_spec
+from forge_slo.load.lifeline import die_with_parent, lifeline_from_env, watch
 from forge_slo.load.options import LoadOptions, add_load_arguments, options_from_namespace
 from forge_slo.load.sink import RecordSink
 from forge_slo.load.stream import StreamError, StreamMeter, error_message, record_json
@@ -87,11 +91,35 @@ def _socket_alive(self: ConnectionPool, sock: Any) -> bool:
 if hasattr(ConnectionPool, "_is_socket_alive"):
     ConnectionPool._is_socket_alive = _socket_alive  # type: ignore[method-assign]
 
+MAX_HEADER_BYTES = 2**20
+
+
+class HeadersTooLong(HTTPParseError):
+    """An answer's headers went past MAX_HEADER_BYTES."""
+
+
+def _cap_headers(original: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
+    """geventhttpclient keeps every header however many arrive; a server that sends them without end (and
+    never lets the socket wait, so the --timeout timer never runs) would hold the request forever."""
+    def on_header_part(self: Any, string: str) -> None:
+        seen = getattr(self, "_forge_header_bytes", 0) + len(string)
+        self._forge_header_bytes = seen
+        if seen > MAX_HEADER_BYTES:
+            raise HeadersTooLong(f"the answer's headers are longer than {MAX_HEADER_BYTES // 2**20}MiB")
+        original(self, string)
+    return on_header_part
+
+
+for _name in ("_on_header_field", "_on_header_value"):
+    if hasattr(HTTPResponse, _name):
+        setattr(HTTPResponse, _name, _cap_headers(getattr(HTTPResponse, _name)))
+
 REPORT_INTERVAL_S = 0.2
 STAGE_BROADCAST_S = 0.5
 FLUSH_INTERVAL_S = 0.5
 WORKER_WAIT_S = 60.0
 _ALL_STATUSES = frozenset(range(100, 600))
+ERROR_BODY_BYTES = 65536  # read of an answer that is not an event stream, for its message
 STAGGER_MAX_S = 1.0      # closed-loop streams start evenly spread over this (or 5% of a stage)
 
 
@@ -220,6 +248,8 @@ def classify(exc: BaseException, got_headers: bool) -> tuple[str, str]:
     """The record error kind and a message for an exception raised while talking to the server."""
     if isinstance(exc, TimeoutError | socket.timeout | gevent.Timeout | _RequestTimeout):
         return "timeout", f"timed out ({exc or 'no data'})"
+    if isinstance(exc, HeadersTooLong):
+        return "malformed", str(exc)
     if isinstance(exc, ConnectionRefusedError):
         return "connection", "connection refused"
     if isinstance(exc, socket.gaierror):
@@ -327,7 +357,13 @@ class OpenAIUser(FastHttpUser):
         proc = PROC
         proc.in_flight += 1
         try:
-            record = self.request_once(st.name, time.perf_counter() < st.warmup_until)
+            warmup = time.perf_counter() < st.warmup_until
+            start_wall = time.time()
+            try:
+                record = self.request_once(st.name, warmup)
+            except Exception as exc:  # a bug of ours must not lose a request that was sent and counted
+                log.error("measuring a request failed: %s: %s", type(exc).__name__, exc)
+                record = _client_failure(exc, start_wall, st.name, warmup, None)
             proc.emit(record)
         finally:
             proc.in_flight -= 1
@@ -345,9 +381,11 @@ class OpenAIUser(FastHttpUser):
             headers["Authorization"] = f"Bearer {opts.api_key}"
         start_wall = time.time()
         t0 = time.perf_counter()
-        meter = StreamMeter(t0)
+        meter = StreamMeter(t0, plan.max_tokens)
         got_headers = False
         stream: Any = None
+        # Two guards of --timeout: the timer ends a request that waits on the socket; LineReader checks the
+        # deadline itself between blocks, since a socket that always has data never lets the timer run.
         timer = gevent.Timeout(opts.timeout_s, _RequestTimeout(f"no full answer within {opts.timeout_s:g}s"))
         timer.start()
         try:
@@ -361,16 +399,16 @@ class OpenAIUser(FastHttpUser):
             meter.status = status
             stream = resp.stream
             if status != 200:
-                body = stream.read(65536)
+                body = stream.read(ERROR_BODY_BYTES)
                 meter.fail("http", error_message(body, status), time.perf_counter())
             else:
                 ctype = str(resp.headers.get("content-type") or "") if resp.headers is not None else ""
                 if ctype and not ctype.startswith("text/event-stream"):
-                    body = stream.read(65536)
+                    body = stream.read(ERROR_BODY_BYTES)
                     meter.fail("malformed", f"expected an event stream, got {ctype}: "
                                             f"{body[:80].decode('utf-8', 'replace')}", time.perf_counter())
                 else:
-                    self._read_events(stream, meter)
+                    self._read_events(_line_reader(stream, t0, opts), meter)
         except StreamError as exc:
             meter.fail(exc.kind, exc.message, time.perf_counter())
         except _RequestTimeout as exc:
@@ -385,28 +423,33 @@ class OpenAIUser(FastHttpUser):
             if stream is not None:
                 with contextlib.suppress(Exception):  # closing a broken socket may fail; nothing to do
                     stream.release()
-        record = meter.record(start_time=start_wall, model=opts.model, stage=stage, warmup=warmup,
-                              trace_id=trace_id, extra=proc.extra)
+        try:
+            record = meter.record(start_time=start_wall, model=opts.model, stage=stage, warmup=warmup,
+                                  trace_id=trace_id, extra=proc.extra)
+        except Exception as exc:  # whatever the server sent, the request is a record
+            record = _client_failure(exc, start_wall, stage, warmup, meter)
         self._report_to_locust(record, start_wall, meter.bytes, opts)
         return record
 
     @staticmethod
-    def _read_events(stream: Any, meter: StreamMeter) -> None:
-        readline = stream.readline
+    def _read_events(reader: LineReader, meter: StreamMeter) -> None:
+        readline = reader.readline
         feed = meter.feed
         clock = time.perf_counter
         while True:
-            line = readline(b"\n")
+            line = readline()
             now = clock()
             if not line:
                 meter.end_without_done(now)
                 return
             if feed(line, now):
                 break
-        # [DONE] seen: read to the end of the body so the connection can be reused (bounded).
-        for _ in range(16):
-            if stream.message_complete or not readline(b"\n"):
-                return
+        # [DONE] seen, the answer is complete. Reading the rest of the body only lets the connection be
+        # reused; if that fails or goes on, release() closes it instead, so no error here is the request's.
+        with contextlib.suppress(Exception):
+            for _ in range(16):
+                if reader.complete or not readline():
+                    return
 
     def _report_to_locust(self, record: RequestRecord, start_wall: float, size: int, opts: LoadOptions) -> None:
         fire = self.environment.events.request.fire
@@ -424,6 +467,26 @@ class OpenAIUser(FastHttpUser):
 def _wait_stage_change(st: ProcStage) -> None:
     while PROC.stage is st and st.running:
         gevent.sleep(0.05)
+
+
+def _line_reader(stream: Any, t0: float, opts: LoadOptions) -> LineReader:
+    if not supports(stream):
+        raise StreamError("other", f"cannot read answers line by line with this geventhttpclient "
+                                   f"({type(stream).__name__} lacks what forge_slo.load.body needs)")
+    return LineReader(stream, deadline=t0 + opts.timeout_s, timeout_s=opts.timeout_s,
+                      max_line=opts.max_line_bytes, max_body=opts.max_response_bytes, pause=gevent.sleep)
+
+
+def _client_failure(exc: BaseException, start_wall: float, stage: str, warmup: bool,
+                    meter: StreamMeter | None) -> RequestRecord:
+    """The record of a request whose answer broke the client itself: a failure, never a lost request."""
+    opts = PROC.options
+    end = time.perf_counter()
+    return RequestRecord(start_time=start_wall, model=opts.model if opts else "", ok=False,
+                         status=meter.status if meter else None, error_kind="other",
+                         error=f"the client could not measure this answer: {type(exc).__name__}: {exc}"[:300],
+                         e2e_s=end - meter.t_sent if meter else None, stage=stage, warmup=warmup,
+                         tokens_from="stream", extra=PROC.extra)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -667,6 +730,7 @@ class Controller:
                 "prompt_tokens": opts.prompt_tokens.describe(), "output_tokens": opts.output_tokens.describe(),
                 "dataset": opts.dataset_path, "ignore_eos": opts.ignore_eos, "timeout_s": opts.timeout_s,
                 "max_in_flight": opts.max_in_flight, "seed": opts.seed,
+                "max_line_bytes": opts.max_line_bytes, "max_response_bytes": opts.max_response_bytes,
             },
         }
 
@@ -747,6 +811,7 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         runner.register_message("forge_stage", _on_stage_message)
+        _hold_lifeline()
         return
     if isinstance(runner, MasterRunner):
         runner.register_message("forge_records", _on_records_message)
@@ -763,6 +828,20 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
         print(f"error: {exc}", file=sys.stderr)
         CONTROL.error = str(exc)
         sys.exit(exc.exit_code)
+
+
+def _hold_lifeline() -> None:
+    """A worker that forge-slo's engine started ends with the engine: nothing it sends is recorded then."""
+    fd = lifeline_from_env()
+    if fd is None:
+        return
+    die_with_parent(signal.SIGKILL)
+    gevent.spawn(watch, fd, _engine_gone, gevent.socket.wait_read)
+
+
+def _engine_gone() -> None:
+    log.error("forge-slo load: the engine is gone; this worker stops")
+    os._exit(1)
 
 
 def _on_stage_message(environment: Environment, msg: Any, **_kw: Any) -> None:
