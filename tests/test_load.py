@@ -182,9 +182,10 @@ def test_two_workers_merge_records_and_summaries(sim: SimProcess, tmp_path: Path
         assert r.output_tokens == 12 and len(r.itl_s) == 11
         assert sum(1 for g in r.itl_s if g == 0.0) == 9
     lat = stage["latency"]
-    assert TTFT <= lat["ttft_s"]["p50"] <= TTFT + 0.008, lat["ttft_s"]
+    # Never earlier than the simulator's timing; later only by scheduling delay on a busy machine.
+    assert TTFT <= lat["ttft_s"]["p50"] <= TTFT + 0.1, lat["ttft_s"]
     tpot = 2 * 4 * 0.02 / 11  # an event every four decode steps of 20 ms, after the first
-    assert tpot - 0.002 <= lat["tpot_s"]["p50"] <= tpot + 0.002, lat["tpot_s"]
+    assert tpot - 0.002 <= lat["tpot_s"]["p50"] <= tpot + 0.02, lat["tpot_s"]
 
 
 def test_injected_errors_and_cut_streams_are_counted_by_kind(sim: SimProcess, spec_file: Path,
