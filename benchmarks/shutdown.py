@@ -176,6 +176,8 @@ def scraper(host_port: str) -> Callable[[int, Clients], None]:
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
                 conn = None
                 time.sleep(0.05)
         if conn is not None:
