@@ -465,9 +465,10 @@ async def _serve(options: GateOptions, host: str, port: int, ready_file: str | N
         await runner.cleanup()
         raise RunnerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = runner.addresses[0]
-    if ready_file:
-        Path(ready_file).write_text(json.dumps({"host": host, "port": bound[1], "pid": os.getpid()}),
-                                    encoding="utf-8")
+    if ready_file:  # written whole, then renamed: a reader never sees half a file
+        partial = Path(f"{ready_file}.tmp")
+        partial.write_text(json.dumps({"host": host, "port": bound[1], "pid": os.getpid()}), encoding="utf-8")
+        os.replace(partial, ready_file)
     print(f"forge-slo gate listening on {net.url_of(bound)} for {', '.join(sorted(options.specs))}",
           file=sys.stderr, flush=True)
     stop = asyncio.Event()
