@@ -819,3 +819,186 @@ def test_lag_histogram_quantiles_round_up_to_their_bin() -> None:
     assert s["p999"] == pytest.approx(0.1)  # beyond the last bin: its edge, and max tells the rest
     empty = LagHistogram().summary()
     assert empty["count"] == 0 and empty["p99"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The server's edges: context length, hostile bodies and headers, exposure, slow clients, shutdown
+
+
+def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes to 127.0.0.1:port; everything the server answers before it closes the connection."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_prompt_over_max_model_len_is_400_with_or_without_max_tokens(sim: SimProcess) -> None:
+    """As vLLM: a 1 MB prompt is refused at once, naming both lengths, not served for its whole length."""
+    prompt = "x" * 1_000_000  # 250000 tokens by the simulator's estimate, + 3 for the chat message
+    cases = [
+        ("/v1/chat/completions", {"model": "fast", "messages": [{"role": "user", "content": prompt}]}, 250003),
+        ("/v1/completions", {"model": "fast", "prompt": prompt}, 250000),
+        ("/v1/completions", {"model": "fast", "prompt": list(range(32768))}, 32768),
+        ("/v1/completions", {"model": "fast", "prompt": prompt, "max_tokens": 5}, 250000),
+    ]
+    for path, body, prompt_tokens in cases:
+        r = httpx.post(f"{sim.url}{path}", json=body, timeout=30)
+        assert r.status_code == 400, (path, r.text[:200])
+        err = r.json()["error"]
+        assert err["code"] == "context_length_exceeded"
+        assert "maximum context length is 32768 tokens" in err["message"]
+        assert str(prompt_tokens) in err["message"]
+    # One token short of the context fits: without max_tokens the answer stops at the context's end.
+    r = httpx.post(f"{sim.url}/v1/completions", json={"model": "fast", "prompt": list(range(32767))}, timeout=30)
+    assert r.status_code == 200, r.text[:200]
+    assert r.json()["usage"]["completion_tokens"] == 1 and r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_deeply_nested_json_is_400_not_500(sim: SimProcess) -> None:
+    nested = b'{"model": "fast", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for path, headers in (("/v1/chat/completions", {}), ("/v1/completions", {}), ("/admin/faults", AUTH)):
+        r = httpx.post(f"{sim.url}{path}", content=nested, timeout=30,
+                       headers={"Content-Type": "application/json", **headers})
+        assert r.status_code == 400, (path, r.text[:200])
+        assert r.json()["error"]["code"] == "invalid_json" and "nested too deeply" in r.json()["error"]["message"]
+    assert httpx.get(f"{sim.url}/health", timeout=10).status_code == 200
+
+
+def test_admin_token_check_is_total_over_any_header(sim: SimProcess) -> None:
+    """Header bytes that are not UTF-8, non-ASCII, empty or huge: a 401, never a 500."""
+    for header in (b"Bearer \xff\xfe", b"Bearer s3cr\xc3\xa9t", b"", b"Bearer", b"Bearer " + b"x" * 8000,
+                   b"Basic s3cret"):
+        answer = _raw(sim.port, b"GET /admin/faults HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                b"Authorization: " + header + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401"), (header[:40], answer[:300])
+    assert httpx.get(f"{sim.url}/admin/faults", headers={"Authorization": f"bearer  {TOKEN}"},
+                     timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "message"),
+    [
+        (["--host", "0.0.0.0"], None, "--admin-token TOKEN"),
+        (["--admin-token", " "], None, "--admin-token: the token is empty or only whitespace"),
+        (["--admin-token", "tab\there"], None, "--admin-token: the token holds whitespace"),
+        ([], "admin_token: 'sécret'\n", "admin_token: the token holds the character 'é'"),
+    ],
+)
+def test_the_fault_api_needs_a_usable_token_beyond_loopback(
+    tmp_path: Path, args: list[str], config: str | None, message: str
+) -> None:
+    """/admin/faults changes what every client gets: on 0.0.0.0 without a token it is refused (exit 2)."""
+    if config is not None:
+        args = [*args, "--config", _write(tmp_path, config)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forge_slo.sim", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:  # it started serving instead of refusing
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err
+    assert message in err and "Traceback" not in err
+    if "--host" in args:
+        assert "--host 127.0.0.1" in err
+
+
+def _start_sim(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forge_slo.sim", "--port", "0", "--ready-file", str(ready), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=ROOT,
+    )
+    _wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=20)
+    assert proc.poll() is None, "the simulator did not start"
+    return proc, int(json.loads(ready.read_text())["port"])
+
+
+def test_a_request_sent_slowly_is_cut_at_the_read_timeout(tmp_path: Path) -> None:
+    """Slowloris: headers sent a byte at a time lose the connection; a body that stalls gets 408 and a close."""
+    import socket
+
+    proc, port = _start_sim(tmp_path, "--read-timeout", "1s")
+    try:
+        for partial, drip in (
+            (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n", b"X"),
+            (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{", b" "),
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(partial)
+                started, answer, closed = time.monotonic(), b"", False
+                while time.monotonic() - started < 8 and not closed:
+                    try:
+                        sock.sendall(drip)
+                        sock.settimeout(0.3)
+                        chunk = sock.recv(65536)
+                        answer += chunk
+                        closed = chunk == b""
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        closed = True
+                assert closed, f"the connection sending {partial!r} slowly was still open after 8 s"
+                if b"Content-Length" in partial:
+                    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_sigterm_stops_the_simulator_under_20_streams() -> None:
+    """20 clients mid-stream, SIGTERM: exit 0 well within a busy machine's bound, no process left."""
+    import http.client
+    import os
+    import signal
+    import threading
+
+    config = {"models": [_model("long", prefill_base_s=0.005, itl_s=0.005, max_num_seqs=64)]}
+    body = json.dumps({"model": "long", "max_tokens": 5000, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]})
+    with SimProcess(config) as sim:
+        stop = threading.Event()
+        chunks = [0] * 20
+
+        def client(i: int) -> None:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                conn = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=10)
+                try:
+                    conn.request("POST", "/v1/chat/completions", body=body,
+                                 headers={"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    while not stop.is_set() and response.read1(65536):
+                        chunks[i] += 1
+                except (OSError, http.client.HTTPException):
+                    time.sleep(0.05)
+                finally:
+                    conn.close()
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        try:
+            _wait_for(lambda: all(chunks), timeout=20)
+            assert sim.proc is not None
+            proc = sim.proc
+            started = time.monotonic()
+            os.kill(proc.pid, signal.SIGTERM)
+            code = proc.wait(timeout=6)  # the requirement is 2 s; the room is for a loaded CI machine
+            elapsed = time.monotonic() - started
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
+    assert code == 0 and elapsed < 6
+    assert "Traceback" not in sim.last_log
+    assert not Path(f"/proc/{proc.pid}").exists()

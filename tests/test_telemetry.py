@@ -6,6 +6,7 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -622,3 +623,195 @@ def test_real_prometheus_scrapes_the_xid_series(make_exporter: Callable[..., Gpu
         assert sorted(r["metric"]["gpu"] for r in prom.query(f"{HEALTH_METRIC} == 1")) == ["0", "2"]
     finally:
         prom.stop()
+
+
+# Network exposure, tokens, slow clients and shutdown --------------------------------------------------------
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and return all the server answers before it closes the connection."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1."), answer[:200]
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_admin_token_check_is_total_over_any_header(make_exporter: Callable[..., GpuExporter]) -> None:
+    """Any Authorization header -- non-ASCII, not UTF-8, empty, huge, another scheme -- is a 401, never a crash."""
+    exporter = make_exporter(admin_token="s3cret")
+    for header in (b"Bearer s3cr\xc3\xa9t", b"Bearer \xff\xfe", b"", b"Bearer", b"Bearer " + b"x" * 60000,
+                   b"Basic s3cret", b"s3cret"):
+        answer = raw_exchange(exporter.port, b"GET /admin/faults HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                             b"Authorization: " + header + b"\r\n\r\n")
+        assert status_of(answer) == 401, header[:40]
+    answer = raw_exchange(exporter.port, b"GET /admin/faults HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                         b"Authorization: bearer  s3cret \r\n\r\n")
+    assert status_of(answer) == 200  # the scheme is case-insensitive, surrounding blanks do not count
+
+
+def test_admin_rejects_deeply_nested_json_and_a_bad_length_with_400(
+        make_exporter: Callable[..., GpuExporter]) -> None:
+    exporter = make_exporter()
+    nested = b"[" * 30000 + b"]" * 30000
+    answer = raw_exchange(exporter.port, b"POST /admin/faults HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                         b"Content-Length: %d\r\n\r\n%s" % (len(nested), nested))
+    assert status_of(answer) == 400 and b"nested too deeply" in answer
+    answer = raw_exchange(exporter.port, b"POST /admin/faults HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    assert status_of(answer) == 400 and b"Content-Length" in answer
+    assert scrape(exporter)  # still serving
+
+
+def test_a_request_sent_byte_by_byte_is_cut_off_at_the_read_timeout(
+        make_exporter: Callable[..., GpuExporter]) -> None:
+    """Slowloris: a client that keeps sending header bytes, slowly, loses its connection at the read timeout."""
+    import socket
+
+    exporter = make_exporter(read_timeout_s=1.0)
+    for partial, drip in ((b"GET /metrics HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n"),
+                          (b"POST /admin/faults HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{", b" ")):
+        with socket.create_connection(("127.0.0.1", exporter.port), timeout=10) as sock:
+            sock.sendall(partial)
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 8 and not closed:
+                try:
+                    sock.sendall(drip)
+                    sock.settimeout(0.3)
+                    closed = sock.recv(65536) == b""
+                except TimeoutError:
+                    continue
+                except OSError:  # reset: closed too
+                    closed = True
+            assert closed, f"the connection sending {partial!r} slowly was still open after 8 s"
+    assert scrape(exporter)  # and the exporter still serves everyone else
+
+
+def _listening_address(port: int) -> str:
+    """The local address a TCP socket listens on for ``port``, from /proc/net/tcp (IPv4)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            return ".".join(str(b) for b in reversed(bytes.fromhex(address)))
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def _start_module(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "forge_slo.telemetry", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.terminate()
+    _, err = proc.communicate(timeout=10)
+    return proc.returncode, err
+
+
+def test_it_binds_loopback_by_default_and_prints_the_address_it_bound() -> None:
+    fleet = REPO / "experiments/fleets/chaos-xid79.yaml"
+    proc = _start_module(["--port", "0", "--fake-fleet", str(fleet)])
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+        assert _listening_address(port) == "127.0.0.1"
+    finally:
+        code, err = _stop(proc)
+    assert code == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--host", "0.0.0.0"], {}, "--admin-token TOKEN"),
+    (["--admin-token", " "], {}, "--admin-token: the token is empty or only whitespace"),
+    (["--admin-token", "s3crét"], {}, "--admin-token: the token holds the character 'é'"),
+    ([], {"FORGE_SLO_GPU_EXPORTER_ADMIN_TOKEN": "two words"}, "$FORGE_SLO_GPU_EXPORTER_ADMIN_TOKEN: the token "
+                                                              "holds whitespace"),
+])
+def test_fault_injection_needs_a_usable_token_beyond_loopback(args: list[str], env: dict[str, str],
+                                                              message: str) -> None:
+    """A fake fleet takes faults over HTTP: on 0.0.0.0 without a token anyone could fire pages. Refused, exit 2."""
+    fleet = str(REPO / "experiments/fleets/chaos-xid79.yaml")
+    proc = _start_module(["--port", "0", "--fake-fleet", fleet, *args], env)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:  # it started serving instead of refusing
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err
+    assert message in err and "Traceback" not in err
+    if "--host" in args:
+        assert "--host 127.0.0.1" in err
+
+
+def _busy_scrapers(port: int, n: int, stop: threading.Event) -> tuple[list[threading.Thread], list[int]]:
+    """``n`` scraper threads, half on keep-alive connections, half opening one per scrape, until ``stop``."""
+    answered = [0] * n
+
+    def scraper(i: int) -> None:
+        conn: http.client.HTTPConnection | None = None
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/metrics", headers={} if i % 2 else {"Connection": "close"})
+                conn.getresponse().read()
+                answered[i] += 1
+                if not i % 2:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+        if conn is not None:
+            conn.close()
+
+    threads = [threading.Thread(target=scraper, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    return threads, answered
+
+
+@pytest.mark.parametrize("delivered_to", ["process", "worker thread"])
+def test_sigterm_stops_the_exporter_under_20_scrapers(delivered_to: str) -> None:
+    """SIGTERM stops the exporter (exit 0) while 20 scrapers hammer it, whichever thread the kernel hands the
+    signal to: "worker thread" addresses it to a thread other than the main one, as the kernel may choose to."""
+    fleet = REPO / "experiments/fleets/bench-8gpu.yaml"
+    proc = _start_module(["--port", "0", "--fake-fleet", str(fleet), "--interval", "200ms"])
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().rsplit(":", 1)[1].split("/", 1)[0])
+        threads, answered = _busy_scrapers(port, 20, stop)
+        wait_until(lambda: all(answered), timeout=20)
+        target = proc.pid
+        if delivered_to == "worker thread":
+            # The first threads it starts (collector, HTTP server) live as long as the process.
+            target = min(int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid)
+        started = time.monotonic()
+        os.kill(target, signal.SIGTERM)
+        code = proc.wait(timeout=6)  # the requirement is 2 s; the room is for a loaded CI machine
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate(timeout=10)
+        for thread in threads:
+            thread.join(timeout=10)
+    assert code == 0 and "Traceback" not in err, err
+    assert elapsed < 6
+    assert not Path(f"/proc/{proc.pid}").exists()  # reaped: no process left behind

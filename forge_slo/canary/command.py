@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from forge_slo.durations import format_duration, parse_duration
 from forge_slo.errors import SourceError, UsageError
+from forge_slo.runtime.serving import READ_TIMEOUT_S
 
 if TYPE_CHECKING:
     from forge_slo.canary.model import CanaryVerdict, Direction, JudgeConfig
@@ -32,7 +33,8 @@ CANARY_DESCRIPTION = (
 GATE_DESCRIPTION = (
     "Serve the canary judge over HTTP for Argo Rollouts' web metric provider (GET or POST /v1/argo: 200 with "
     "the verdict as JSON) and Flagger webhooks (POST /v1/flagger/rollout and /v1/flagger/confirm-promotion: "
-    "200 to proceed, 412 to halt). Every request needs 'Authorization: Bearer TOKEN'."
+    "200 to proceed, 412 to halt). Every request needs 'Authorization: Bearer TOKEN'. A look that cannot read "
+    "Prometheus within --look-timeout is inconclusive."
 )
 TOKEN_ENV = "FORGE_SLO_GATE_TOKEN"
 DEFAULT_WINDOW_S = 1800.0
@@ -361,14 +363,22 @@ def build_gate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     serve.add_argument("--spec", required=True, action="append", metavar="FILE",
                        help="spec file or directory (repeatable); requests name a service of these specs")
     serve.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
-    serve.add_argument("--prometheus-timeout", type=_positive, default=10.0, metavar="SECONDS",
-                       help="timeout of each Prometheus query (default 10)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a pod)")
+    serve.add_argument("--prometheus-timeout", type=_positive, default=5.0, metavar="SECONDS",
+                       help="timeout of each Prometheus query (default 5; never more than the look's time left)")
+    serve.add_argument("--look-timeout", type=_duration, default=None, metavar="DURATION",
+                       help="the most one look may spend reading Prometheus before it answers inconclusive "
+                            "(default 8s, under the 10 s Argo Rollouts' web provider waits by default)")
+    serve.add_argument("--read-timeout", type=_duration, default=READ_TIMEOUT_S, metavar="DURATION",
+                       help="close a connection whose request line and headers, or body, do not arrive within "
+                            f"this time; also the keep-alive idle limit (default {READ_TIMEOUT_S:g}s)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1; 0.0.0.0 in a pod, which needs a token)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
-    serve.add_argument("--token", metavar="TOKEN", help=f"bearer token clients must send (also ${TOKEN_ENV})")
+    serve.add_argument("--token", metavar="TOKEN",
+                       help=f"bearer token clients must send, visible ASCII (also ${TOKEN_ENV})")
     serve.add_argument("--token-file", metavar="FILE", help="read the bearer token from this file")
     serve.add_argument("--insecure-no-auth", action="store_true",
-                       help="serve without a token (only for a gate reachable by nobody else)")
+                       help="serve without a token (only on a loopback address: nobody else can reach it)")
     serve.add_argument("--window", type=_duration, default=DEFAULT_WINDOW_S, metavar="DURATION",
                        help="default analysis window of a request (default 30m)")
     serve.add_argument("--interval", type=_duration, default=DEFAULT_INTERVAL_S, metavar="DURATION",
@@ -382,8 +392,6 @@ def build_gate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def gate_from_args(args: argparse.Namespace) -> int:
     """Run ``forge-slo gate serve`` until SIGINT/SIGTERM; bad input raises UsageError."""
-    import os
-
     if getattr(args, "gate_command", None) != "serve":
         raise UsageError("gate: name a command: serve")
     from forge_slo.canary.judge import check_config_names
@@ -400,22 +408,32 @@ def gate_from_args(args: argparse.Namespace) -> int:
         raise UsageError("--interval is longer than --window")
     if not args.prometheus.startswith(("http://", "https://")):
         raise UsageError(f"--prometheus: {args.prometheus!r} must start with http:// or https://")
-    token = args.token or os.environ.get(TOKEN_ENV) or None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"--token-file: {args.token_file}: {exc.strerror or exc}") from None
-        if not token:
-            raise UsageError(f"--token-file: {args.token_file} is empty")
+    token = _gate_token(args)
     if token is None and not args.insecure_no_auth:
         raise UsageError(f"a bearer token is required: --token, --token-file or ${TOKEN_ENV} "
                          "(or --insecure-no-auth for a gate nobody else can reach)")
-    from forge_slo.canary.gate import GateOptions, serve
+    from forge_slo.canary.gate import LOOK_TIMEOUT_S, GateOptions, serve
 
     options = GateOptions(
         specs={s.service: s for s in specs}, prometheus_url=args.prometheus.rstrip("/"),
         prometheus_timeout_s=args.prometheus_timeout, token=token, window_seconds=args.window,
-        interval_seconds=args.interval, config=config,
+        interval_seconds=args.interval, config=config, read_timeout_s=args.read_timeout,
+        look_timeout_s=args.look_timeout if args.look_timeout is not None else LOOK_TIMEOUT_S,
     )
     return serve(options, host=args.host, port=args.port, ready_file=args.ready_file)
+
+
+def _gate_token(args: argparse.Namespace) -> str | None:
+    """The gate's token from --token, --token-file or $FORGE_SLO_GATE_TOKEN, validated; None when none."""
+    from forge_slo.runtime.auth import check_token, token_from
+
+    if args.token is not None and args.token_file:
+        raise UsageError("--token and --token-file: give one of them")
+    if not args.token_file:
+        return token_from("--token", args.token, TOKEN_ENV)
+    try:
+        text = Path(args.token_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"--token-file: {args.token_file}: {reason or exc}") from None
+    return check_token(text.strip(), f"--token-file {args.token_file}")

@@ -14,41 +14,64 @@ Routes (all under ``/v1`` need ``Authorization: Bearer TOKEN``):
 
 An analysis starts at the first request of its session (Argo: service, selectors and ``session``; Flagger:
 namespace, name and checksum) unless ``since`` says when; each look reads Prometheus from then to now.
-Malformed requests get 400 (401 without the token, 404 for an unknown route) and a JSON body naming the
-field: ``{"error": "canary: ...", "field": "canary"}``.
+Malformed requests get 400 (401 without the token, 404 for an unknown route, 408 for a body that does not
+arrive within the read timeout, 413 for one over 64 KiB) and a JSON body naming the field:
+``{"error": "canary: ...", "field": "canary"}``.
+
+Looks run concurrently (up to :data:`MAX_CONCURRENT_LOOKS`, each in a daemon thread that shares one
+connection pool to Prometheus). A look has ``look_timeout_s`` in all, and each Prometheus call at most the
+look's remaining time: a slow or hung Prometheus gives an inconclusive answer within the look timeout, and
+never holds the process past SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 from aiohttp import web
 
-from forge_slo.canary.judge import judge_source
+from forge_slo.canary.judge import judge_source, unavailable
 from forge_slo.canary.model import CanaryVerdict, JudgeConfig
 from forge_slo.canary.selectors import SelectorError, check_arms, format_selector, parse_selector
 from forge_slo.canary.sources import PrometheusSource
 from forge_slo.durations import parse_duration
 from forge_slo.errors import RunnerError
+from forge_slo.runtime import auth, net
+from forge_slo.runtime.serving import (
+    LINGER_S,
+    READ_TIMEOUT_S,
+    SHUTDOWN_GRACE_S,
+    BodyError,
+    parse_json,
+    read_body,
+)
 from forge_slo.sources.prometheus import PrometheusClient
 from forge_slo.spec.model import ServiceSpec
 
 PARAMS = ("service", "baseline", "canary", "window", "interval", "session", "since")
 _JSON = "application/json"
 _MAX_BODY = 64 * 1024
+# Argo Rollouts' web metric provider waits 10 s by default: answer before it gives up.
+LOOK_TIMEOUT_S = 8.0
+# Looks wait on Prometheus, not on the CPU: many may run at once. Past this many, a look waits for a slot
+# (within its own timeout).
+MAX_CONCURRENT_LOOKS = 256
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,8 @@ class GateOptions:
     window_seconds: float
     interval_seconds: float
     config: JudgeConfig
+    look_timeout_s: float = LOOK_TIMEOUT_S
+    read_timeout_s: float = READ_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,16 @@ class Gate:
         self.clock = clock
         self._sessions: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
+        # One client for every look, built here: built on first use, concurrent looks would each build one.
+        self._prometheus = _LookClient(options.prometheus_url, options.prometheus_timeout_s, MAX_CONCURRENT_LOOKS)
+        self._slots: asyncio.Semaphore | None = None
+        self._looking: set[asyncio.Task[Any]] = set()
+
+    def close(self) -> None:
+        """Abandon the looks in flight (their callers get no answer) and close the connections to Prometheus."""
+        for task in self._looking:
+            task.cancel()
+        self._prometheus.close()
 
     # -------------------------------------------------------------------------------------------- parsing
     def parse(self, params: Mapping[str, Any], where: str = "") -> Analysis:
@@ -173,15 +208,42 @@ class Gate:
         return seconds
 
     # ------------------------------------------------------------------------------------------- judging
-    def evaluate(self, analysis: Analysis, session_key: tuple[str, ...]) -> CanaryVerdict:
-        """One look: read Prometheus from the session's start to now and judge (blocking)."""
+    async def look(self, analysis: Analysis, session_key: tuple[str, ...]) -> CanaryVerdict:
+        """One look: read Prometheus from the session's start to now and judge, within the look timeout."""
+        start, now, complete = self._window(analysis, session_key)
+        timeout = self.options.look_timeout_s
+        deadline = time.monotonic() + timeout
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(MAX_CONCURRENT_LOOKS)
+        task = asyncio.current_task()
+        assert task is not None
+        self._looking.add(task)
+        try:
+            async with asyncio.timeout(timeout), self._slots:
+                return await _in_daemon_thread(self.evaluate, analysis, start, now, complete, deadline)
+        except TimeoutError:
+            source = PrometheusSource(self._prometheus, analysis.baseline, analysis.canary)
+            return unavailable(analysis.spec, self.options.config,
+                               f"{self.options.prometheus_url}: Prometheus did not answer within the look "
+                               f"timeout ({timeout:g}s)", complete=complete, elapsed_seconds=now - start,
+                               window_seconds=analysis.window_seconds, source=source.describe())
+        finally:
+            self._looking.discard(task)
+
+    def _window(self, analysis: Analysis, session_key: tuple[str, ...]) -> tuple[float, float, bool]:
+        """The look's time range (its session's start, now) and whether the analysis is complete."""
         now = self.clock()
         with self._lock:
             self._expire(now)
             start = analysis.since if analysis.since is not None else self._sessions.setdefault(session_key, now)
         elapsed = max(now - start, 0.0)
-        complete = elapsed >= analysis.window_seconds - analysis.interval_seconds
-        with PrometheusClient(self.options.prometheus_url, timeout_s=self.options.prometheus_timeout_s) as client:
+        return start, now, elapsed >= analysis.window_seconds - analysis.interval_seconds
+
+    def evaluate(self, analysis: Analysis, start: float, now: float, complete: bool,
+                 deadline: float) -> CanaryVerdict:
+        """Read Prometheus over [start, now] and judge (blocking; Prometheus calls end by ``deadline``)."""
+        client = self._prometheus
+        with client.deadline(deadline):
             source = PrometheusSource(client, analysis.baseline, analysis.canary)
             return judge_source(analysis.spec, source, self.options.config, start=start, end=now,
                                 complete=complete, window_seconds=analysis.window_seconds)
@@ -210,6 +272,8 @@ class Gate:
             return _unauthorized(str(exc))
         except BadRequest as exc:
             return exc.response()
+        except BodyError as exc:
+            return BadRequest("body", exc.reason, exc.status).response()
         except web.HTTPException as exc:
             if exc.status >= 400:
                 reason = {404: "no such route; see GET /v1/argo, POST /v1/flagger/rollout",
@@ -222,8 +286,7 @@ class Gate:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = self.options.token
-        request[_AUTHENTICATED] = token is None or _token_matches(request.headers.get("Authorization", ""), token)
+        request[_AUTHENTICATED] = auth.authorized(request.headers.get("Authorization"), self.options.token)
         # Flagger's webhooks cannot send headers: its routes may carry the token in the metadata instead.
         if not request[_AUTHENTICATED] and request.path.startswith("/v1/") \
                 and not request.path.startswith("/v1/flagger/"):
@@ -243,18 +306,18 @@ class Gate:
         return await self._argo(self.parse(params))
 
     async def _argo_post(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
+        body = await _json_object(request, self.options.read_timeout_s)
         return await self._argo(self.parse(body))
 
     async def _argo(self, analysis: Analysis) -> web.Response:
         key = ("argo", analysis.spec.service, format_selector(analysis.baseline), format_selector(analysis.canary),
                analysis.session)
-        verdict = await asyncio.to_thread(self.evaluate, analysis, key)
+        verdict = await self.look(analysis, key)
         _log("argo", analysis, verdict)
         return web.json_response(verdict.to_json(), dumps=_dumps)
 
     async def _flagger(self, request: web.Request, hook: str) -> tuple[Analysis, CanaryVerdict]:
-        body = await _json_object(request)
+        body = await _json_object(request, self.options.read_timeout_s)
         for key in ("name", "namespace"):
             value = body.get(key)
             if not isinstance(value, str) or not value:
@@ -268,14 +331,12 @@ class Gate:
             raise BadRequest("metadata", "missing: the webhook's metadata must hold at least baseline and canary")
         metadata = dict(metadata)
         given = metadata.pop("token", None)
-        if not request[_AUTHENTICATED]:
-            token = self.options.token or ""
-            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), token.encode()):
-                raise _Unauthorized("missing or wrong token: send 'Authorization: Bearer TOKEN' or metadata.token")
+        if not request[_AUTHENTICATED] and not auth.token_matches(given, self.options.token or ""):
+            raise _Unauthorized("missing or wrong token: send 'Authorization: Bearer TOKEN' or metadata.token")
         analysis = self.parse(metadata, "metadata")
         session = ("flagger", str(body["namespace"]), str(body["name"]), str(body.get("checksum", "")),
                    analysis.spec.service, format_selector(analysis.baseline), format_selector(analysis.canary))
-        verdict = await asyncio.to_thread(self.evaluate, analysis, session)
+        verdict = await self.look(analysis, session)
         _log(f"flagger {hook}", analysis, verdict)
         return analysis, verdict
 
@@ -296,9 +357,65 @@ class _Unauthorized(Exception):
     pass
 
 
-def _token_matches(header: str, token: str) -> bool:
-    scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+class _LookClient(PrometheusClient):
+    """One Prometheus client shared by every look (a connection pool, not a client per look: building an httpx
+    client costs tens of milliseconds of CPU). Inside :meth:`deadline`, each call's timeout is cut to what is
+    left of the calling thread's look, and a call past it fails at once (a SourceError: inconclusive)."""
+
+    def __init__(self, url: str, timeout_s: float, connections: int) -> None:
+        super().__init__(url, timeout_s=timeout_s)
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        # PrometheusClient takes neither pool limits nor hooks: replace its httpx client with one that has both.
+        self._client.close()
+        self._client = httpx.Client(
+            timeout=timeout_s, limits=httpx.Limits(max_connections=connections,
+                                                   max_keepalive_connections=connections),
+            event_hooks={"request": [self._bound]})
+
+    @contextlib.contextmanager
+    def deadline(self, at: float) -> Iterator[None]:
+        """Calls made by this thread inside end by ``at`` (``time.monotonic()`` seconds)."""
+        self._local.deadline = at
+        try:
+            yield
+        finally:
+            self._local.deadline = None
+
+    def _bound(self, request: httpx.Request) -> None:
+        at: float | None = getattr(self._local, "deadline", None)
+        if at is None:
+            return
+        left = at - time.monotonic()
+        if left <= 0:
+            raise httpx.PoolTimeout("the look's time is up", request=request)
+        request.extensions["timeout"] = httpx.Timeout(min(left, self.timeout_s)).as_dict()
+
+
+async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``await fn(*args)`` run in a new daemon thread: unlike asyncio.to_thread's pool, nothing waits for it at
+    exit, so a look blocked on a hung Prometheus cannot hold the process after SIGTERM."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the look timed out or was cancelled: nobody wants the answer
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="gate-look", daemon=True).start()
+    return await future
 
 
 def _unauthorized(why: str) -> web.Response:
@@ -310,14 +427,11 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+async def _json_object(request: web.Request, timeout_s: float) -> dict[str, Any]:
+    raw = await read_body(request, timeout_s)
     if not raw.strip():
         raise BadRequest("body", "empty; send a JSON object")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest("body", f"not JSON: {getattr(exc, 'msg', exc)}") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("body", f"must be a JSON object, got {type(body).__name__}")
     return body
@@ -330,13 +444,19 @@ def _log(route: str, analysis: Analysis, verdict: CanaryVerdict) -> None:
 
 
 def serve(options: GateOptions, *, host: str, port: int, ready_file: str | None = None) -> int:
-    """Serve until SIGINT or SIGTERM; returns 0."""
+    """Serve until SIGINT or SIGTERM; returns 0. Without a token, only on a loopback address."""
+    net.check_exposure(host, protected="the gate without a token (any caller could start or judge analyses)",
+                       token=options.token, remedy="--token, --token-file or $FORGE_SLO_GATE_TOKEN "
+                                                   "instead of --insecure-no-auth")
     return asyncio.run(_serve(options, host, port, ready_file))
 
 
 async def _serve(options: GateOptions, host: str, port: int, ready_file: str | None) -> int:
     gate = Gate(options)
-    runner = web.AppRunner(gate.app(), access_log=None)
+    # keepalive_timeout: aiohttp closes a connection that has not delivered a whole request line and headers
+    # this long after it opened or got its last answer (it has no header timeout of its own).
+    runner = web.AppRunner(gate.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S,
+                           keepalive_timeout=options.read_timeout_s, lingering_time=LINGER_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -344,10 +464,12 @@ async def _serve(options: GateOptions, host: str, port: int, ready_file: str | N
     except OSError as exc:
         await runner.cleanup()
         raise RunnerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound = runner.addresses[0][1] if runner.addresses else port
-    if ready_file:
-        Path(ready_file).write_text(json.dumps({"host": host, "port": bound, "pid": _pid()}), encoding="utf-8")
-    print(f"forge-slo gate listening on http://{host}:{bound} for {', '.join(sorted(options.specs))}",
+    bound = runner.addresses[0]
+    if ready_file:  # written whole, then renamed: a reader never sees half a file
+        partial = Path(f"{ready_file}.tmp")
+        partial.write_text(json.dumps({"host": host, "port": bound[1], "pid": os.getpid()}), encoding="utf-8")
+        os.replace(partial, ready_file)
+    print(f"forge-slo gate listening on {net.url_of(bound)} for {', '.join(sorted(options.specs))}",
           file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -356,11 +478,6 @@ async def _serve(options: GateOptions, host: str, port: int, ready_file: str | N
     try:
         await stop.wait()
     finally:
+        gate.close()  # first: looks waiting on Prometheus would hold the connections' shutdown
         await runner.cleanup()
     return 0
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from forge_slo.durations import parse_duration
 from forge_slo.errors import UsageError
+from forge_slo.runtime.net import DEFAULT_HOST
+from forge_slo.runtime.serving import READ_TIMEOUT_S
 
 DESCRIPTION = (
     "An OpenAI-compatible LLM inference simulator that behaves like a vLLM server without a GPU: continuous "
@@ -24,19 +27,27 @@ examples:
   forge-slo simulate --port 0 --config sim.yaml --ready-file /tmp/sim.json
   curl -X POST localhost:8000/admin/faults -d '{"kind": "outage", "duration_s": 30}'
 
-exit codes: 0 stopped by a signal, 1 could not serve (port in use), 2 bad config file or flag.
+The fault API changes what the server does: beyond 127.0.0.1 (--host 0.0.0.0) it needs an admin token.
+
+exit codes: 0 stopped by a signal, 1 could not serve (port in use), 2 bad config file or flag (including
+  --host beyond 127.0.0.1 without an admin token).
 """
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to bind (default: {DEFAULT_HOST}, this machine only; any other address "
+                             "needs an admin token)")
     parser.add_argument("--config", metavar="FILE",
                         help="simulator YAML config (models, faults, tracing); without it one model, sim-llama, "
                              "with default timings")
     parser.add_argument("--admin-token", metavar="TOKEN",
                         help="require 'Authorization: Bearer TOKEN' on /admin "
-                             "(also $FORGE_SLO_SIM_ADMIN_TOKEN or the config's admin_token)")
+                             "(also $FORGE_SLO_SIM_ADMIN_TOKEN or the config's admin_token); visible ASCII")
+    parser.add_argument("--read-timeout", type=_duration, default=READ_TIMEOUT_S, metavar="DURATION",
+                        help="close a connection whose request line and headers, or body, do not arrive within "
+                             f"this time; also the keep-alive idle limit (default: {READ_TIMEOUT_S:g}s)")
     parser.add_argument("--ready-file", metavar="FILE", help="write {host, port, pid} as JSON here once listening")
     return parser
 
@@ -47,4 +58,11 @@ def main_from_args(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a port number (1-65535, or 0 for any free port)")
     return run_simulator(args.port, args.host, args.config, admin_token=args.admin_token,
-                         ready_file=args.ready_file)
+                         ready_file=args.ready_file, read_timeout_s=args.read_timeout)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

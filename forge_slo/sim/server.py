@@ -1,10 +1,14 @@
-"""The HTTP server: OpenAI routes, /health, /metrics, the fault admin API, and process lifecycle."""
+"""The HTTP server: OpenAI routes, /health, /metrics, the fault admin API, and process lifecycle.
+
+It listens on 127.0.0.1 unless told otherwise and refuses to serve its fault API beyond loopback without an
+admin token. Requests must arrive within the read timeout; on SIGTERM streams are cut and the server stops
+within a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import json
 import logging
 import os
@@ -18,7 +22,9 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from forge_slo.errors import RunnerError
+from forge_slo.errors import RunnerError, SpecError
+from forge_slo.runtime import auth, net
+from forge_slo.runtime.serving import LINGER_S, READ_TIMEOUT_S, SHUTDOWN_GRACE_S, BodyError, read_body
 from forge_slo.sim.config import ConfigFieldError, SimConfig, default_config, load_sim_config, parse_fault
 from forge_slo.sim.engine import ModelEngine, TokenClock, TokenStream
 from forge_slo.sim.faults import FaultExists, FaultManager
@@ -37,6 +43,7 @@ from forge_slo.sim.wire import (
     Identity,
     Kind,
     WireError,
+    check_context_length,
     full_response,
     parse_body,
     parse_generation,
@@ -67,15 +74,18 @@ class SimServer:
         self,
         config: SimConfig | None = None,
         *,
-        host: str = "127.0.0.1",
+        host: str = net.DEFAULT_HOST,
         port: int = 0,
         admin_token: str | None = None,
         span_exporter: Any = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self.config = config or default_config()
         self.host = host
         self.port = port
         self.admin_token = admin_token if admin_token is not None else self.config.admin_token
+        self.read_timeout_s = read_timeout_s
+        self.listen_url = ""
         self._span_exporter = span_exporter
         self._runner: web.AppRunner | None = None
         self.engines: dict[str, ModelEngine] = {}
@@ -96,6 +106,8 @@ class SimServer:
         await self.stop()
 
     async def start(self) -> None:
+        net.check_exposure(self.host, protected="the fault API at /admin/faults", token=self.admin_token,
+                           remedy=f"--admin-token TOKEN (or ${ADMIN_TOKEN_ENV}, or admin_token in the config)")
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.clock = TokenClock(loop)
@@ -120,8 +132,16 @@ class SimServer:
         app.router.add_delete("/admin/faults/{fault_id}", self._delete_fault)
         app.router.add_get("/debug/stats", self._stats)
         # handler_cancellation: a client that goes away cancels its handler, which counts an abort.
+        # keepalive_timeout: aiohttp closes a connection that has not delivered a whole request line and
+        # headers this long after it opened or got its last answer (it has no header timeout of its own).
         runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+            app,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+            keepalive_timeout=self.read_timeout_s,
+            lingering_time=LINGER_S,
         )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=4096)
@@ -135,6 +155,7 @@ class SimServer:
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
+            self.listen_url = net.url_of(sockets[0].getsockname())
 
     async def stop(self) -> None:
         """Cut running streams (they count as aborted), stop listening, flush traces."""
@@ -168,6 +189,10 @@ class SimServer:
         except WireError as e:
             status = e.status
             return _error_response(e)
+        except BodyError as e:
+            status = e.status
+            kind = "invalid_json" if e.status == 400 else "request_timeout"
+            return _error_response(WireError(e.status, f"The request body: {e.reason}", code=kind))
         except web.HTTPException as e:
             status = e.status
             code: int | str = e.status
@@ -195,29 +220,20 @@ class SimServer:
     async def _generate(self, request: web.Request, kind: Kind, route: str) -> web.StreamResponse:
         loop = self.loop
         arrival = loop.time()
-        parsed = parse_generation(parse_body(await request.read()), kind)
+        parsed = parse_generation(parse_body(await read_body(request, self.read_timeout_s)), kind)
         self.clock.service()
         engine = self._engine_for(parsed)
         model = engine.cfg.name
-        if (
-            parsed.max_tokens is not None
-            and parsed.prompt_tokens + parsed.max_tokens > engine.cfg.max_model_len
-        ):
-            raise WireError(
-                400,
-                f"This model's maximum context length is {engine.cfg.max_model_len} tokens. "
-                f"However, you requested "
-                f"{parsed.prompt_tokens + parsed.max_tokens} tokens ({parsed.prompt_tokens} in the messages, "
-                f"{parsed.max_tokens} in the completion).",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+        check_context_length(parsed, engine.cfg.max_model_len)
         parent = self.tracing.extract(request.headers) if self.tracing.enabled else None
         if engine.mods.outage or (engine.mods.errors and engine.http_error_due()):
             reason = "simulated outage" if engine.mods.outage else "simulated server error"
             self._trace(parent, route, model, parsed, arrival, None, None, 0, "error", 500)
             raise WireError(500, f"{reason} (forge-slo sim fault)", code="simulated_fault")
         plan = engine.plan(parsed.max_tokens)
+        room = engine.cfg.max_model_len - parsed.prompt_tokens
+        if parsed.max_tokens is None and plan.output_tokens > room:
+            plan = engine.plan(room)  # as vLLM: without max_tokens, the output stops at the context's end
         self._req_seq += 1
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         ident = Identity(kind, f"{prefix}-sim{self._req_seq:012d}", int(time.time()), model)
@@ -376,13 +392,7 @@ class SimServer:
     # -- admin -------------------------------------------------------------------------------------------
 
     def _authorize(self, request: web.Request) -> None:
-        if self.admin_token is None:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), self.admin_token.encode()
-        ):
+        if not auth.authorized(request.headers.get("Authorization"), self.admin_token):
             raise WireError(
                 401,
                 "Missing or wrong admin token (Authorization: Bearer <token>).",
@@ -395,7 +405,7 @@ class SimServer:
 
     async def _add_fault(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        body = parse_body(await request.read())
+        body = parse_body(await read_body(request, self.read_timeout_s))
         try:
             fault = parse_fault(body, model_names=tuple(self.engines))
         except ConfigFieldError as e:
@@ -434,21 +444,30 @@ def run_simulator(
     *,
     admin_token: str | None = None,
     ready_file: str | None = None,
+    read_timeout_s: float = READ_TIMEOUT_S,
 ) -> int:
     """Serve until SIGINT or SIGTERM; returns 0 after a clean stop.
 
-    Raises :class:`~forge_slo.errors.SpecError` (exit code 2) for a bad config file and
-    :class:`~forge_slo.errors.RunnerError` (exit code 1) when the port cannot be bound. The admin token is,
-    first found: ``admin_token``, $FORGE_SLO_SIM_ADMIN_TOKEN, the config's ``admin_token``. ``port`` 0 picks a
-    free port; ``ready_file`` then receives ``{"host", "port", "pid"}`` as JSON once the server listens.
+    Raises :class:`~forge_slo.errors.SpecError` (exit code 2) for a bad config file,
+    :class:`~forge_slo.errors.UsageError` (exit code 2) for an unusable token or a fault API exposed beyond
+    loopback without one, and :class:`~forge_slo.errors.RunnerError` (exit code 1) when the port cannot be
+    bound. The admin token is, first found: ``admin_token`` (the --admin-token flag),
+    $FORGE_SLO_SIM_ADMIN_TOKEN, the config's ``admin_token``. ``port`` 0 picks a free port; ``ready_file``
+    then receives ``{"host", "port", "pid"}`` as JSON once the server listens.
     """
     config = load_sim_config(config_path) if config_path else default_config()
-    token = admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
-    return asyncio.run(_serve(config, host, port, token, ready_file))
+    if config.admin_token is not None:
+        problem = auth.token_problem(config.admin_token)
+        if problem is not None:
+            raise SpecError(f"the token {problem}", file=config_path, field="admin_token")
+    token = auth.token_from("--admin-token", admin_token, ADMIN_TOKEN_ENV)
+    return asyncio.run(_serve(config, host, port, token, ready_file, read_timeout_s))
 
 
-async def _serve(config: SimConfig, host: str, port: int, token: str | None, ready_file: str | None) -> int:
-    server = SimServer(config, host=host, port=port, admin_token=token)
+async def _serve(
+    config: SimConfig, host: str, port: int, token: str | None, ready_file: str | None, read_timeout_s: float
+) -> int:
+    server = SimServer(config, host=host, port=port, admin_token=token, read_timeout_s=read_timeout_s)
     await server.start()
     # The cyclic GC walks every live object on its older passes: tens of milliseconds with a thousand open
     # streams, a stall in every stream at once, and here it finds next to nothing (refcounting frees
@@ -462,7 +481,7 @@ async def _serve(config: SimConfig, host: str, port: int, token: str | None, rea
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     models = ", ".join(server.engines)
-    print(f"forge-slo sim listening on {server.url} (models: {models})", flush=True)
+    print(f"forge-slo sim listening on {server.listen_url} (models: {models})", flush=True)
     if ready_file:
         tmp = f"{ready_file}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:

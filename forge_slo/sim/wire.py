@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from forge_slo.runtime.serving import BodyError, parse_json
+
 Kind = Literal["chat", "completion"]
 CHARS_PER_TOKEN = 4
 CHAT_TOKENS_PER_MESSAGE = 3
@@ -73,9 +75,9 @@ def estimate_tokens(text: str) -> int:
 
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise bad(f"The request body is not valid JSON: {e}", None, "invalid_json") from e
+        body = parse_json(raw)
+    except BodyError as e:
+        raise bad(f"The request body is not valid JSON: {e.reason}", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise bad("The request body must be a JSON object.", None, "invalid_type")
     return body
@@ -114,6 +116,31 @@ def parse_generation(body: dict[str, Any], kind: Kind) -> GenerationRequest:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n != 1):
         raise bad("The simulator supports only n=1.", "n")
     return GenerationRequest(kind, model, prompt_tokens, max_tokens, bool(stream), include_usage)
+
+
+def check_context_length(request: GenerationRequest, max_model_len: int) -> None:
+    """Refuse, as vLLM does, a prompt that leaves no room in the context (with or without ``max_tokens``)."""
+    prompt = request.prompt_tokens
+    where = "messages" if request.kind == "chat" else "prompt"
+    if request.max_tokens is None:
+        if prompt < max_model_len:
+            return
+        raise WireError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens. However, your request has "
+            f"{prompt} input tokens ({where}). Please reduce the length of the input.",
+            param=where,
+            code="context_length_exceeded",
+        )
+    if prompt + request.max_tokens > max_model_len:
+        raise WireError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt + request.max_tokens} tokens ({prompt} in the {where}, {request.max_tokens} in the "
+            f"completion). Please reduce the length of the {where} or completion.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
 
 
 def _max_tokens(body: dict[str, Any], key: str) -> int | None:

@@ -9,6 +9,9 @@ import argparse
 
 from forge_slo.durations import parse_duration
 from forge_slo.errors import UsageError
+from forge_slo.runtime.auth import token_from
+from forge_slo.runtime.net import DEFAULT_HOST
+from forge_slo.runtime.serving import READ_TIMEOUT_S
 from forge_slo.telemetry.metrics import ADMIN_TOKEN_ENV, DEFAULT_XID_CODES, HOSTNAME_LABELS
 
 DESCRIPTION = (
@@ -22,7 +25,9 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the exporter's flags to ``parser`` (a top-level parser or a subcommand's) and return it."""
     parser.add_argument("--port", type=int, default=9400,
                         help="port to listen on (default 9400, as dcgm-exporter; 0: any free port)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for "
+                             "Prometheus on other hosts or in a pod; with --fake-fleet that needs --admin-token)")
     parser.add_argument("--interval", type=_duration, default=1.0, metavar="DURATION",
                         help="how often to read the GPUs, e.g. 500ms, 1s, 30s (default 1s); "
                              "scrapes between reads get the last reading")
@@ -40,7 +45,11 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "error, comma-separated, or 'none' (default: "
                              f"{','.join(str(c) for c in DEFAULT_XID_CODES)}; err_code=\"0\" always exists)")
     parser.add_argument("--admin-token", metavar="TOKEN",
-                        help=f"require 'Authorization: Bearer TOKEN' on /admin (also ${ADMIN_TOKEN_ENV})")
+                        help=f"require 'Authorization: Bearer TOKEN' on /admin (also ${ADMIN_TOKEN_ENV}); "
+                             "required to serve a fake fleet beyond 127.0.0.1")
+    parser.add_argument("--read-timeout", type=_duration, default=READ_TIMEOUT_S, metavar="DURATION",
+                        help=f"close a connection whose request does not arrive in full within this time "
+                             f"(headers, then body; default {READ_TIMEOUT_S:g}s)")
     parser.add_argument("--collect-on-scrape", action="store_true",
                         help="read the GPUs on every scrape as a naive exporter would (for benchmarks only)")
     return parser
@@ -60,8 +69,9 @@ def main_from_args(args: argparse.Namespace) -> int:
         hostname_label=args.hostname_label,
         hostname=args.hostname,
         xid_codes=tuple(args.xid_codes),
-        admin_token=args.admin_token,
+        admin_token=token_from("--admin-token", args.admin_token, ADMIN_TOKEN_ENV),
         collect_on_scrape=args.collect_on_scrape,
+        read_timeout_s=args.read_timeout,
     )
     return run_exporter(options)
 

@@ -5,15 +5,18 @@ immutable :class:`Snapshot`; the HTTP handler only writes those bytes, so scrape
 number of scrapers and NVML is never called on a scrape. A GPU that fails its read is reported unhealthy in
 that snapshot and the others are still served. The exporter's own metrics live in a per-exporter
 ``CollectorRegistry`` and are rendered into the same snapshot.
+
+It listens on 127.0.0.1 unless told otherwise, and refuses to offer fault injection (a fake fleet) beyond
+loopback without a token. A connection must deliver each request within the read timeout or it is closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-import hmac
+import io
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -22,13 +25,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from forge_slo import conventions as cv
 from forge_slo.errors import RunnerError, SpecError
+from forge_slo.runtime import auth, net
+from forge_slo.runtime.serving import READ_TIMEOUT_S, BodyError, StopSignals, parse_json
 from forge_slo.telemetry.backend import FaultInjector, GpuBackend, GpuUnavailable
 from forge_slo.telemetry.metrics import (
     ADMIN_TOKEN_ENV,
@@ -48,7 +52,7 @@ class ExporterOptions:
     """Everything the exporter is told on its command line, typed."""
 
     port: int = 9400
-    host: str = "0.0.0.0"
+    host: str = net.DEFAULT_HOST
     interval_s: float = 1.0
     fake_fleet: str | None = None
     hostname_label: HostnameLabel = "hostname"
@@ -56,6 +60,7 @@ class ExporterOptions:
     xid_codes: tuple[int, ...] = DEFAULT_XID_CODES
     admin_token: str | None = None
     collect_on_scrape: bool = False
+    read_timeout_s: float = READ_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -121,10 +126,14 @@ class GpuExporter:
         self._server: ThreadingHTTPServer | None = None
         self._server_thread: threading.Thread | None = None
         self.collections = 0
-        self.admin_token = options.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None
+        token = options.admin_token
+        self.admin_token = auth.check_token(token, "--admin-token") if token is not None else None
 
     # Lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.admin_enabled:
+            net.check_exposure(self.options.host, protected="fault injection at /admin/faults",
+                               token=self.admin_token, remedy=f"--admin-token TOKEN (or ${ADMIN_TOKEN_ENV})")
         try:
             server = _Server((self.options.host, self.options.port), _Handler)
         except OSError as e:
@@ -163,8 +172,15 @@ class GpuExporter:
 
     @property
     def url(self) -> str:
-        host = self.options.host if self.options.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        """Where a client on this machine reaches the exporter (loopback when it listens on every interface)."""
+        host = self.options.host if self.options.host not in ("0.0.0.0", "::", "") else net.DEFAULT_HOST
         return f"http://{host}:{self.port}"
+
+    @property
+    def listen_url(self) -> str:
+        """The address actually bound, as ``http://HOST:PORT``."""
+        assert self._server is not None, "the exporter is not started"
+        return net.url_of(self._server.socket.getsockname())
 
     @property
     def admin_enabled(self) -> bool:
@@ -252,13 +268,50 @@ class _Server(ThreadingHTTPServer):
     exporter: GpuExporter
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reading side that fails with TimeoutError once the handler's deadline has passed.
+
+    A socket timeout alone bounds each recv, so a client sending one byte every few seconds would hold its
+    thread forever; this bounds the whole request instead. http.server closes the connection on TimeoutError.
+    """
+
+    def __init__(self, sock: socket.socket, handler: _Handler) -> None:
+        super().__init__()
+        self._sock = sock
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive within the read timeout")
+        self._sock.settimeout(left)
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(self._handler.server.exporter.options.read_timeout_s)  # for writes
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "forge-slo-gpu-exporter"
-    timeout = 60
     # Headers and body go out in two writes; with Nagle on, the body waits for a delayed ACK (~40 ms).
     disable_nagle_algorithm = True
     server: _Server
+    deadline = 0.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def _arm(self) -> None:
+        self.deadline = time.monotonic() + self.server.exporter.options.read_timeout_s
+
+    def handle_one_request(self) -> None:
+        self._arm()  # from the connection's start or the last answer: the request line and headers
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
         pass  # one line per scrape is noise; errors are logged by the exporter
@@ -293,14 +346,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._admin_allowed():
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        text = self.headers.get("Content-Length") or "0"
+        length = int(text) if text.isdigit() else -1
+        if length < 0:
+            self.close_connection = True  # the body's end is unknown: this connection cannot carry another
+            self._json(400, {"error": f"Content-Length: {text!r} is not a byte count"})
+            return
         if length > MAX_ADMIN_BODY:
+            self.close_connection = True
             self._json(413, {"error": f"request body over {MAX_ADMIN_BODY} bytes"})
             return
+        self._arm()  # the body gets a read timeout of its own
         try:
-            data = json.loads(self.rfile.read(length) or b"null")
-        except ValueError as e:
-            self._json(400, {"error": f"request body is not JSON: {e}"})
+            data = parse_json(self.rfile.read(length) or b"null")
+        except BodyError as e:
+            self._json(400, {"error": f"request body: {e.reason}"})
             return
         try:
             injected = self.server.exporter.inject(data)
@@ -317,8 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not exporter.admin_enabled:
             self._json(404, {"error": "fault injection needs a fake fleet: start with --fake-fleet FILE"})
             return False
-        token = exporter.admin_token
-        if token and not hmac.compare_digest(self.headers.get("Authorization", ""), f"Bearer {token}"):
+        if not auth.authorized(self.headers.get("Authorization"), exporter.admin_token):
             self._json(401, {"error": "missing or wrong 'Authorization: Bearer <token>'"})
             return False
         return True
@@ -357,25 +416,28 @@ def run_exporter(options: ExporterOptions, *, backend: GpuBackend | None = None,
                  stop: threading.Event | None = None) -> int:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set); returns the exit code (0)."""
     stop = stop or threading.Event()
-    exporter = start_exporter(options, backend)
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
-        source = f"fake fleet {options.fake_fleet}" if options.fake_fleet else "NVML"
-        print(f"gpu-exporter: {len(exporter.gpus)} GPUs from {source}, read every {options.interval_s:g}s"
-              + (" (and on every scrape)" if options.collect_on_scrape else ""), file=sys.stderr, flush=True)
-        if exporter.admin_enabled:
-            print(f"gpu-exporter: fault injection at POST {exporter.url}/admin/faults", file=sys.stderr,
-                  flush=True)
-        print(f"listening on {exporter.url}/metrics", flush=True)
-        stop.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        exporter.stop()
+    # Signals reach Python's main thread only; elsewhere whoever runs the exporter sets ``stop``.
+    on_main = threading.current_thread() is threading.main_thread()
+    with StopSignals(stop) if on_main else contextlib.nullcontext() as signals:
+        exporter = start_exporter(options, backend)
+        try:
+            _announce(exporter)
+            if isinstance(signals, StopSignals):
+                signals.wait()
+            else:
+                while not stop.wait(0.5):
+                    pass
+        finally:
+            exporter.stop()
     return 0
+
+
+def _announce(exporter: GpuExporter) -> None:
+    options = exporter.options
+    source = f"fake fleet {options.fake_fleet}" if options.fake_fleet else "NVML"
+    print(f"gpu-exporter: {len(exporter.gpus)} GPUs from {source}, read every {options.interval_s:g}s"
+          + (" (and on every scrape)" if options.collect_on_scrape else ""), file=sys.stderr, flush=True)
+    if exporter.admin_enabled:
+        print(f"gpu-exporter: fault injection at POST {exporter.url}/admin/faults"
+              + ("" if exporter.admin_token else " (no token: loopback only)"), file=sys.stderr, flush=True)
+    print(f"listening on {exporter.listen_url}/metrics", flush=True)

@@ -1,0 +1,125 @@
+"""What the HTTP servers share: read and shutdown timeouts, JSON request bodies, and waiting for a stop signal.
+
+Timeouts: a client has :data:`READ_TIMEOUT_S` from the moment its connection opens (or its previous answer was
+sent) to deliver a whole request line and headers, and as long again for the body, so a connection that sends
+a request byte by byte (slowloris) is closed instead of holding a worker forever. On SIGTERM a server stops
+accepting, gives requests in flight :data:`SHUTDOWN_GRACE_S`, then cuts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import select
+import signal
+import socket
+import threading
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+READ_TIMEOUT_S = 10.0
+SHUTDOWN_GRACE_S = 0.5
+# How long a server reads and drops a request body it did not want (an early 4xx) before closing.
+LINGER_S = 1.0
+# Deeper than any OpenAI, Argo or Flagger payload (a tool's JSON schema nests a dozen levels); far below the
+# depth where the parser or a later json.dumps of the value would hit Python's recursion limit.
+MAX_JSON_DEPTH = 128
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class BodyError(ValueError):
+    """A request body that cannot be used: ``status`` is the HTTP answer (400, 408), ``reason`` says why."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON; BodyError (400) for invalid UTF-8, invalid JSON or nesting over the limit."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise BodyError(f"the JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise BodyError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise BodyError(f"the JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar: 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+async def read_body(request: web.BaseRequest, timeout_s: float = READ_TIMEOUT_S) -> bytes:
+    """The whole body of an aiohttp request; BodyError (408) when it does not arrive within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise BodyError(f"the request body did not arrive within {timeout_s:g}s", status=408) from None
+
+
+class StopSignals:
+    """Inside ``with StopSignals(stop) as signals:``, SIGINT and SIGTERM set ``stop``, whichever thread the
+    kernel delivers them to, and :meth:`wait` returns.
+
+    Python runs signal handlers in the main thread only, and only when it executes bytecode. A main thread
+    blocked in ``Event.wait()`` is woken by a signal delivered to itself, but not by one the kernel hands to
+    another thread (any thread may take a process-directed signal, and a thread that is busy starting threads
+    often does): it would sleep forever. So :meth:`wait` blocks on a socket that the C-level handler writes to
+    from any thread (``signal.set_wakeup_fd``). Use it from the main thread.
+    """
+
+    def __init__(self, stop: threading.Event | None = None) -> None:
+        self.stop = stop if stop is not None else threading.Event()
+        self._previous_fd = -1
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self._reader, self._writer = socket.socketpair()
+        for end in (self._reader, self._writer):
+            end.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._reader.close()
+        self._writer.close()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop.set()
+
+    def wait(self, poll_s: float = 0.5) -> None:
+        """Block until ``stop`` is set: by a signal, or by another thread (noticed within ``poll_s``)."""
+        while not self.stop.is_set():
+            ready, _, _ = select.select([self._reader], [], [], poll_s)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    self._reader.recv(4096)  # drained; the Python handler has run in this thread by now
