@@ -663,7 +663,7 @@ tracing:
         ("models:\n  - name: a\n    max_num_seqs: lots\n", 3, "models[0].max_num_seqs", "integer"),
         ("models:\n  - name: a\n    max_num_seqs: true\n", 3, "models[0].max_num_seqs", "integer"),
         ("models:\n  - name: a\n  - name: a\n", 3, "models[1].name", "duplicate"),
-        ("seed: 1\nfaults:\n  - kind: errors\n    rate: 2\n", 4, "faults[0].rate", "<= 1"),
+        ("seed: 1\nfaults:\n  - kind: errors\n    rate: 2\n", 4, "faults[0].rate", "between 0 and 1"),
         ("faults:\n  - kind: latency\n    model: ghost\n", 3, "faults[0].model", "unknown model"),
         ("tracing:\n  exporter: jaeger\n", 2, "tracing.exporter", "one of"),
         ("models: {name: a}\n", 1, "models", "list"),
