@@ -398,7 +398,7 @@ def test_gameday_bad_input(tmp_path: Path) -> None:
         (["gameday", "run", str(tmp_path / "missing"), "--report", str(tmp_path / "r")], "no such file"),
         (["gameday", "run", str(bad_json), "--report", str(tmp_path / "r")], "bad.json:2: not valid JSON"),
         (["gameday", "run", str(not_experiment), "--report", str(tmp_path / "r")], "not a Chaos Toolkit experiment"),
-        (["gameday", "run", str(gameday_file), "--report", str(tmp_path / "r")], "unknown field 'extra'"),
+        (["gameday", "run", str(gameday_file), "--report", str(tmp_path / "r")], "day.yaml:3: extra: unknown field"),
         (["gameday", "run", str(EXPERIMENTS), "--report", str(tmp_path / "r"), "--timeout", "soon"], "--timeout"),
         (["gameday", "run", str(EXPERIMENTS), "--report", str(tmp_path / "r"), "--env", "NOEQUALS"], "KEY=VALUE"),
         (["gameday", "run", str(EXPERIMENTS), "--report", str(tmp_path / "r"), "--lab", "--lab-specs",
