@@ -784,6 +784,22 @@ def test_a_fault_fails_the_same_in_a_file_and_in_the_api(tmp_path: Path, fault: 
     assert file.value.field == f"faults[0].{api.value.field}" and file.value.line == 1
 
 
+def test_plain_data_with_shared_or_cyclic_values_is_a_field_error() -> None:
+    from forge_slo.sim.config import ConfigFieldError, parse_fault
+
+    bomb: list[Any] = ["lol"] * 9
+    for _ in range(9):  # the same list nine times at each level: 9**10 values if walked naively
+        bomb = [bomb] * 9
+    cyclic: dict[str, Any] = {"kind": "outage"}
+    cyclic["id"] = [cyclic]
+    with pytest.raises(ConfigFieldError, match="shared values expand to more than"):
+        parse_fault({"kind": "outage", "id": bomb})
+    with pytest.raises(ConfigFieldError, match="the value contains itself"):
+        parse_fault(cyclic)
+    with pytest.raises(ConfigFieldError, match="the value contains itself"):
+        parse_sim_config({"models": [cyclic]})
+
+
 def test_itl_samples_are_seeded_and_keep_their_mean() -> None:
     def samples(dist: str) -> list[float]:
         cfg = ModelConfig(name="m", itl_s=0.02, itl_distribution=dist, itl_stddev_s=0.005)  # type: ignore[arg-type]

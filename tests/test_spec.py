@@ -243,8 +243,12 @@ def alias_bomb(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Each document stays under the alias budget; together they do not (anchors are per document).
+SMALL_BOMBS = (b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+               b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n---\n")
 HOSTILE_CASES = [
     ("alias bomb", alias_bomb().encode(), 5, "l4[0]: aliases expand to more than 10000 values"),
+    ("a thousand small alias bombs", SMALL_BOMBS * 999, 7, "b[7]: aliases expand to more than 10000 values"),
     ("recursive alias", b"apiVersion: forge-slo/v1\nslos: &s [*s]\n", 2, "slos[0]: an alias refers to the value"),
     ("deep nesting", b"apiVersion: forge-slo/v1\nslos: " + b"[" * 600 + b"]" * 600 + b"\n", 2,
      "nest deeper than 64 levels"),

@@ -7,7 +7,7 @@ time and memory, never a traceback. The bounds:
 - a file holds at most :data:`MAX_FILE_BYTES` of UTF-8 text without NUL or other control characters, and
   at most :data:`MAX_DOCUMENTS` YAML documents (PyYAML reads some 100 KiB a second at worst, so this bounds time);
 - values nest at most :data:`MAX_DEPTH` levels, counting what aliases expand to;
-- aliases (``*name``) materialise at most :data:`MAX_ALIAS_NODES` values in all, so a few hundred bytes of
+- aliases (``*name``) materialise at most :data:`MAX_ALIAS_NODES` values in a file, so a few hundred bytes of
   nested aliases (a "billion laughs") are refused at once, and an alias inside its own anchor is refused;
 - integers are at most :data:`MAX_INTEGER` in magnitude (every consumer reads numbers as floats).
 
@@ -208,10 +208,11 @@ def load_documents(text: str | bytes, file: str) -> list[Node]:
         loader = _loader(text, file)
         try:
             docs: list[Node] = []
+            converter = _Converter(loader, file)  # one for the file: the alias budget is the file's
             while loader.check_node():
                 node = loader.get_node()
                 if node is not None:
-                    docs.append(_Converter(loader, file).convert(node, "", 1, node.start_mark.line + 1))
+                    docs.append(converter.document(node))
             return docs
         finally:
             loader.dispose()
@@ -314,10 +315,11 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 class _Converter:
-    """Turns one composed document into Nodes, counting what aliases materialise.
+    """Turns a file's composed documents into Nodes, counting what aliases materialise.
 
     The composed graph shares one yaml node per anchor, so an alias is a second visit to a node already
-    seen; everything below such a visit counts against :data:`MAX_ALIAS_NODES`.
+    seen; everything below such a visit counts against :data:`MAX_ALIAS_NODES`, for the whole file (anchors
+    are per document, so a per-document budget would let a thousand small bombs through).
     """
 
     def __init__(self, loader: SafeConstructor, file: str) -> None:
@@ -326,6 +328,11 @@ class _Converter:
         self.seen: set[int] = set()
         self.open: set[int] = set()  # nodes being converted: meeting one again means it contains itself
         self.expanded = 0
+
+    def document(self, node: yaml.Node) -> Node:
+        self.seen.clear()
+        self.open.clear()
+        return self.convert(node, "", 1, node.start_mark.line + 1)
 
     def fail(self, node: yaml.Node, path: str, reason: str) -> NoReturn:
         raise SpecError(reason, file=self.file, line=node.start_mark.line + 1, field=path)
@@ -425,31 +432,48 @@ def _value_problem(value: object) -> str | None:
 # Data parsed elsewhere ------------------------------------------------------------------------------------
 
 def from_data(value: object, file: str = "<data>", path: str = "") -> Node:
-    """Nodes (no line numbers) from already-parsed data such as a JSON body, with the same checks as files."""
-    return _data_node(value, file, path, 1, set())
+    """Nodes (no line numbers) from already-parsed data such as a JSON body, with the same checks as files.
+
+    A list or mapping met twice (shared, as an alias shares in YAML) counts against the same budget.
+    """
+    return _DataConverter(file).convert(value, path, 1, shared=False)
 
 
-def _data_node(value: object, file: str, path: str, depth: int, open_ids: set[int]) -> Node:
-    where = Node(None, file, None, path)
-    problem = _value_problem(value)
-    if problem:
-        where.fail(problem)
-    if not isinstance(value, Mapping | list | tuple):
-        return Node(value, file, None, path)
-    if depth > MAX_DEPTH:
-        where.fail(_too_deep())
-    if id(value) in open_ids:
-        where.fail("the value contains itself")
-    open_ids.add(id(value))
-    try:
-        if isinstance(value, Mapping):
-            out: dict[str, Node] = {}
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    where.fail(f"keys must be strings, got {describe(key)}")
-                out[key] = _data_node(item, file, where.child_path(key), depth + 1, open_ids)
-            return Node(out, file, None, path)
-        return Node([_data_node(item, file, f"{path}[{i}]", depth + 1, open_ids) for i, item in enumerate(value)],
-                    file, None, path)
-    finally:
-        open_ids.discard(id(value))
+class _DataConverter:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.seen: set[int] = set()
+        self.open: set[int] = set()
+        self.expanded = 0
+
+    def convert(self, value: object, path: str, depth: int, *, shared: bool) -> Node:
+        where = Node(None, self.file, None, path)
+        problem = _value_problem(value)
+        if problem:
+            where.fail(problem)
+        if shared:
+            self.expanded += 1
+            if self.expanded > MAX_ALIAS_NODES:
+                where.fail(f"shared values expand to more than {MAX_ALIAS_NODES} values")
+        if not isinstance(value, Mapping | list | tuple):
+            return Node(value, self.file, None, path)
+        if depth > MAX_DEPTH:
+            where.fail(_too_deep())
+        key = id(value)
+        if key in self.open:
+            where.fail("the value contains itself")
+        shared = shared or key in self.seen
+        self.seen.add(key)
+        self.open.add(key)
+        try:
+            if isinstance(value, Mapping):
+                out: dict[str, Node] = {}
+                for name, item in value.items():
+                    if not isinstance(name, str):
+                        where.fail(f"keys must be strings, got {describe(name)}")
+                    out[name] = self.convert(item, where.child_path(name), depth + 1, shared=shared)
+                return Node(out, self.file, None, path)
+            items = [self.convert(item, f"{path}[{i}]", depth + 1, shared=shared) for i, item in enumerate(value)]
+            return Node(items, self.file, None, path)
+        finally:
+            self.open.discard(key)
