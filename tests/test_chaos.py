@@ -398,7 +398,7 @@ def test_gameday_bad_input(tmp_path: Path) -> None:
         (["gameday", "run", str(tmp_path / "missing"), "--report", str(tmp_path / "r")], "no such file"),
         (["gameday", "run", str(bad_json), "--report", str(tmp_path / "r")], "bad.json:2: not valid JSON"),
         (["gameday", "run", str(not_experiment), "--report", str(tmp_path / "r")], "not a Chaos Toolkit experiment"),
-        (["gameday", "run", str(gameday_file), "--report", str(tmp_path / "r")], "unknown field 'extra'"),
+        (["gameday", "run", str(gameday_file), "--report", str(tmp_path / "r")], "day.yaml:3: extra: unknown field"),
         (["gameday", "run", str(EXPERIMENTS), "--report", str(tmp_path / "r"), "--timeout", "soon"], "--timeout"),
         (["gameday", "run", str(EXPERIMENTS), "--report", str(tmp_path / "r"), "--env", "NOEQUALS"], "KEY=VALUE"),
         (["gameday", "run", str(EXPERIMENTS), "--report", str(tmp_path / "r"), "--lab", "--lab-specs",
@@ -412,6 +412,33 @@ def test_gameday_bad_input(tmp_path: Path) -> None:
         proc = run_module(*args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+HOSTILE_GAMEDAYS = [
+    ("lists itself", "day.yaml", b"kind: GameDay\nexperiments: [day.yaml]\n",
+     "game-day files list each other in a loop"),
+    ("deep nesting", "day.yaml", b"kind: GameDay\nexperiments: " + b"[" * 600 + b"]" * 600 + b"\n",
+     "day.yaml:2: values nest deeper than 64 levels"),
+    ("deep JSON", "day.json", b'{"kind": "GameDay", "experiments": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     "day.json: not valid JSON: nested too deeply"),
+    ("NUL byte", "day.yaml", b"kind: GameDay\nexperiments: [a\x00.json]\n", "day.yaml:2: holds a NUL byte"),
+    ("non-UTF-8", "day.yaml", b"kind: GameDay\nname: caf\xe9\nexperiments: [x.json]\n",
+     "day.yaml:2: is not UTF-8 text"),
+    ("env not a mapping", "day.yaml", b"kind: GameDay\nexperiments: [x.json]\nenv: [A]\n",
+     "day.yaml:3: env: must be a mapping"),
+    ("experiments not a list", "day.yaml", b"kind: GameDay\nexperiments: x.json\n",
+     "day.yaml:2: experiments: must be a list"),
+]
+
+
+@pytest.mark.parametrize(("case", "name", "data", "message"), HOSTILE_GAMEDAYS, ids=[c[0] for c in HOSTILE_GAMEDAYS])
+def test_hostile_gameday_file_exits_2_naming_its_line(tmp_path: Path, case: str, name: str, data: bytes,
+                                                      message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    proc = run_module("gameday", "run", str(path), "--report", str(tmp_path / "r"), timeout=30)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_activities_refuse_bad_or_dangerous_input(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import aiohttp
 import httpx
 import openai
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from forge_slo.errors import SpecError
@@ -375,6 +376,10 @@ def test_admin_api_requires_the_token(sim: SimProcess) -> None:
         ({"kind": "latency", "duration_s": -1}, "duration_s"),
         ({"kind": "stall"}, "stall_s"),
         ({"kind": "outage", "ttft_multiplier": 2}, "ttft_multiplier"),
+        ({"kind": "latency", "ttft_add_s": 1e308}, "ttft_add_s"),
+        ({"kind": "latency", "itl_multiplier": 10**400}, "itl_multiplier"),
+        ({"kind": "stall", "stall_s": 1e9}, "stall_s"),
+        ({"kind": "outage", "duration_s": 1e12}, "duration_s"),
     ],
 )
 def test_bad_faults_get_400_naming_the_field(sim: SimProcess, fault: dict[str, Any], param: str) -> None:
@@ -673,7 +678,7 @@ tracing:
         ("models:\n  - name: a\n    max_num_seqs: lots\n", 3, "models[0].max_num_seqs", "integer"),
         ("models:\n  - name: a\n    max_num_seqs: true\n", 3, "models[0].max_num_seqs", "integer"),
         ("models:\n  - name: a\n  - name: a\n", 3, "models[1].name", "duplicate"),
-        ("seed: 1\nfaults:\n  - kind: errors\n    rate: 2\n", 4, "faults[0].rate", "<= 1"),
+        ("seed: 1\nfaults:\n  - kind: errors\n    rate: 2\n", 4, "faults[0].rate", "between 0 and 1"),
         ("faults:\n  - kind: latency\n    model: ghost\n", 3, "faults[0].model", "unknown model"),
         ("tracing:\n  exporter: jaeger\n", 2, "tracing.exporter", "one of"),
         ("models: {name: a}\n", 1, "models", "list"),
@@ -714,6 +719,95 @@ def test_bad_config_file_exits_2_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"{path}:3: models[0].prefill_base_s: must be a number" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """A few hundred bytes whose aliases expand to 9**levels values (a "billion laughs")."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "line", "field", "words"),
+    [
+        (b"seed: 1\nseed: 2\n", 2, "seed", "duplicate key"),
+        (b"seed: " + b"9" * 401 + b"\n", 1, "seed", "too large"),
+        (b"faults:\n  - kind: latency\n    ttft_add_s: 1.0e+308\n", 3, "faults[0].ttft_add_s", "between 0 and 3600"),
+        (b"faults:\n  - {kind: stall, stall_s: 100000}\n", 2, "faults[0].stall_s", "above 0 and at most 3600"),
+        (b"faults:\n  - {kind: errors, duration_s: 1.0e+12}\n", 2, "faults[0].duration_s", "at most 86400"),
+        (b"models:\n  - name: m\n    batch_slowdown: 1.0e+300\n", 3, "models[0].batch_slowdown", "between 0 and 1000"),
+        (b"models:\n  - name: m\n    max_num_seqs: 100000000\n", 3, "models[0].max_num_seqs",
+         "between 1 and 65536"),
+        (b"models: &m [*m]\n", 1, "models[0]", "recursive alias"),
+        (b"models: " + b"[" * 600 + b"]" * 600 + b"\n", 1, "", "nest deeper than 64 levels"),
+        (b"models:\n  - name: caf\xe9\n", 2, "", "not UTF-8 text"),
+        (b"models:\n  - name: a\x00b\n", 2, "", "a NUL byte"),
+    ],
+)
+def test_hostile_config_file_is_refused_with_its_line(
+    tmp_path: Path, data: bytes, line: int, field: str, words: str
+) -> None:
+    path = tmp_path / "sim.yaml"
+    path.write_bytes(data)
+    with pytest.raises(SpecError) as info:
+        load_sim_config(str(path))
+    err = info.value
+    assert (err.file, err.line, err.field) == (str(path), line, field), err
+    assert words in err.reason
+
+
+def test_config_alias_bomb_exits_2_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, _alias_bomb())
+    proc = subprocess.run(
+        [sys.executable, "-m", "forge_slo.sim", "--port", "0", "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert f"{path}:5: l4[0]: aliases expand to more than" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "latency", "ttft_add_s": 1e308},
+        {"kind": "latency", "itl_multiplier": -1},
+        {"kind": "errors", "rate": 1.5},
+        {"kind": "errors", "abort_after_tokens": 3},
+        {"kind": "stall", "at_token": 2.5, "stall_s": 1},
+        {"kind": "outage", "id": "no spaces"},
+        {"kind": "quake"},
+    ],
+)
+def test_a_fault_fails_the_same_in_a_file_and_in_the_api(tmp_path: Path, fault: dict[str, Any]) -> None:
+    from forge_slo.sim.config import ConfigFieldError, parse_fault
+
+    with pytest.raises(ConfigFieldError) as api:
+        parse_fault(fault)
+    with pytest.raises(SpecError) as file:
+        load_sim_config(_write(tmp_path, yaml.safe_dump({"faults": [fault]}, default_flow_style=True)))
+    assert file.value.reason == api.value.reason
+    assert file.value.field == f"faults[0].{api.value.field}" and file.value.line == 1
+
+
+def test_plain_data_with_shared_or_cyclic_values_is_a_field_error() -> None:
+    from forge_slo.sim.config import ConfigFieldError, parse_fault
+
+    bomb: list[Any] = ["lol"] * 9
+    for _ in range(9):  # the same list nine times at each level: 9**10 values if walked naively
+        bomb = [bomb] * 9
+    cyclic: dict[str, Any] = {"kind": "outage"}
+    cyclic["id"] = [cyclic]
+    with pytest.raises(ConfigFieldError, match="shared values expand to more than"):
+        parse_fault({"kind": "outage", "id": bomb})
+    with pytest.raises(ConfigFieldError, match="the value contains itself"):
+        parse_fault(cyclic)
+    with pytest.raises(ConfigFieldError, match="the value contains itself"):
+        parse_sim_config({"models": [cyclic]})
 
 
 def test_itl_samples_are_seeded_and_keep_their_mean() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,86 @@ def test_gauge_sli_reads_the_gpu_pool(tmp_path: Path) -> None:
 def test_bad_gpu_sections(tmp_path: Path, old: str, new: str, message: str) -> None:
     result = run_cli("validate", str(write(tmp_path, GPU.replace(old, new))))
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+# Hostile input: bounded reading, any bytes end in one clear message -----------------------------------------
+
+def alias_bomb(levels: int = 9) -> str:
+    """A few hundred bytes whose aliases expand to 9**levels values (a "billion laughs")."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+# Each document stays under the alias budget; together they do not (anchors are per document).
+SMALL_BOMBS = (b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+               b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n---\n")
+HOSTILE_CASES = [
+    ("alias bomb", alias_bomb().encode(), 5, "l4[0]: aliases expand to more than 10000 values"),
+    ("a thousand small alias bombs", SMALL_BOMBS * 999, 7, "b[7]: aliases expand to more than 10000 values"),
+    ("recursive alias", b"apiVersion: forge-slo/v1\nslos: &s [*s]\n", 2, "slos[0]: an alias refers to the value"),
+    ("deep nesting", b"apiVersion: forge-slo/v1\nslos: " + b"[" * 600 + b"]" * 600 + b"\n", 2,
+     "nest deeper than 64 levels"),
+    ("NUL byte", GOOD.replace("kind: ServiceSLO", "kind: Service\0SLO").encode(), 2, "a NUL byte (U+0000)"),
+    ("escaped control character", GOOD.replace("service: chat", 'service: "chat\\x07"').encode(), 3,
+     "service: holds the control character U+0007"),
+    ("401-digit number", GOOD.replace("objective: 99.9", "objective: " + "9" * 401).encode(), 20,
+     "slos[2].objective: the integer is too large"),
+    ("non-UTF-8 byte", GOOD.replace("service: chat", "service: caf\udce9").encode("utf-8", "surrogateescape"), 3,
+     "not UTF-8 text: byte 0xe9"),
+    ("impossible date", GOOD.replace("service: chat", "service: 2024-13-45").encode(), 3,
+     "service: '2024-13-45' is not a valid timestamp"),
+    ("400-digit duration", GOOD.replace("period: 30d", "period: " + "9" * 400 + "d").encode(), 7,
+     "period: is not a duration: longer than 32 characters"),
+    ("absurd duration", GOOD.replace("period: 30d", "period: 99999999999d").encode(), 7,
+     "period: '99999999999d' is longer than 3650d"),
+    ("absurd XID code", GPU.replace("alerts: {unhealthy_for: 2m}", "critical_xids: [1.0e+300]").encode(), 5,
+     "gpu.critical_xids[0]: XID codes are positive integers, at most 1023"),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "line", "reason"), HOSTILE_CASES, ids=[c[0] for c in HOSTILE_CASES])
+def test_hostile_input_is_refused_with_file_and_line(tmp_path: Path, case: str, data: bytes, line: int,
+                                                     reason: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(data)
+    out = tmp_path / "out"
+    result = run_cli("compile", str(path), "--out", str(out), timeout=30)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"error: {path}:{line}: " in result.stderr and reason in result.stderr, result.stderr
+    assert not out.exists(), "nothing may be written when a spec is invalid"
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, alias_bomb(levels=12))  # 9**12 values if expanded
+    start = time.monotonic()
+    with pytest.raises(SpecErrors, match="aliases expand to more than"):
+        load_specs([path])
+    assert time.monotonic() - start < 2  # the requirement: well under a second; room for a loaded machine
+
+
+def test_merge_keys_let_a_mapping_override_what_it_merges(tmp_path: Path) -> None:
+    text = GOOD.replace("labels: {team: inference}",
+                        "labels:\n  <<: &common {team: inference, tier: gold}\n  tier: silver")
+    [spec] = load_specs([write(tmp_path, text)])
+    assert dict(spec.labels) == {"team": "inference", "tier": "silver"}
+
+
+def test_libyaml_and_pure_python_readers_agree_on_hostile_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from forge_slo.errors import SpecError
+    from forge_slo.spec.yamlnode import load_documents
+
+    def outcome(data: bytes) -> object:
+        try:
+            return [doc.plain() for doc in load_documents(data, "spec.yaml")]
+        except SpecError as exc:
+            return exc.render()
+
+    cases = [data for _, data, _, _ in HOSTILE_CASES] + [alias_bomb(levels=12).encode(), b"---\n" * 1001]
+    fast = [outcome(data) for data in cases]
+    monkeypatch.setattr(yaml, "__with_libyaml__", False)  # the reader's fallback when PyYAML lacks libyaml
+    assert [outcome(data) for data in cases] == fast
+    assert fast[-1] == "spec.yaml:1001: holds more than 1000 YAML documents"

@@ -203,6 +203,9 @@ def test_xid_79_injected_through_the_admin_endpoint(make_exporter: Callable[...,
     ({"gpu": 0, "kind": "meteor"}, "kind", "unknown fault kind"),
     ({"gpu": 0, "kind": "ecc", "type": "triple"}, "type", "unknown ecc type"),
     ({"gpu": 0, "kind": "lost", "at": "5s"}, "at", "unknown field"),
+    ({"gpu": 0, "kind": "xid", "code": 10**400}, "code", "the integer is too large"),
+    ({"gpu": 0, "kind": "thermal", "temperature_c": 1e308}, "temperature_c", "between 0 and 200"),
+    ({"gpu": 0, "kind": "thermal", "duration": 1e12}, "duration", "at most 86400 seconds"),
 ])
 def test_admin_rejects_bad_faults_naming_the_field(make_exporter: Callable[..., GpuExporter], body: object,
                                                    field: str, reason: str) -> None:
@@ -397,6 +400,46 @@ def test_bad_fleet_file_exits_2_with_file_and_field(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     missing = _run_module(["--port", "0", "--fake-fleet", str(tmp_path / "nope.yaml")])
     assert missing.returncode == 2 and "cannot read the fleet file" in missing.stderr
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    (b"gpus:\n  - model: caf\xe9\n", "bad.yaml:2: is not UTF-8 text: byte 0xe9"),
+    (b"gpus:\n  - model: H\x00100\n", "bad.yaml:2: holds a NUL byte"),
+    (b"gpus: &g [*g]\n", "bad.yaml:1: gpus[0]: an alias refers to the value that contains it"),
+    (b"gpus: " + b"[" * 600 + b"]" * 600 + b"\n", "bad.yaml:1: values nest deeper than 64 levels"),
+    (b"gpus:\n  - model: H100\n    count: " + b"9" * 401 + b"\n",
+     "bad.yaml:3: gpus[0].count: the integer is too large"),
+    (b"gpus:\n  - model: H100\n    utilization: {pattern: sine, min: 1, max: 2, period: 1.0e-320}\n",
+     "bad.yaml:3: gpus[0].utilization.period: must be at least 0.001 seconds"),
+    (b"gpus:\n  - model: H100\n    power_w: 1.0e+300\n", "bad.yaml:3: gpus[0].power_w: must be between 0 and 10000"),
+    (b"read_latency: 1.0e+300\ngpus:\n  - model: H100\n", "bad.yaml:1: read_latency: must be at most 60 seconds"),
+    (b"gpus:\n  - model: H100\nfaults:\n  - {at: 1s, gpu: 0, kind: thermal, temperature_c: 1.0e+308}\n",
+     "bad.yaml:4: faults[0].temperature_c: must be between 0 and 200"),
+    (b"gpus:\n  - model: H100\nfaults:\n  - {at: 99999999d, gpu: 0, kind: lost}\n",
+     "bad.yaml:4: faults[0].at: must be at most 86400 seconds"),
+    (b"gpus:\n  - model: H100\nfaults:\n  - {at: " + b"9" * 400 + b"d, gpu: 0, kind: lost}\n",
+     "bad.yaml:4: faults[0].at: is not a duration: longer than 32 characters"),
+])
+def test_hostile_fleet_file_is_refused_with_its_line(tmp_path: Path, data: bytes, where: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(data)
+    with pytest.raises(SpecError) as info:
+        load_fleet(str(path))
+    assert where in info.value.render()
+
+
+def test_fleet_alias_bomb_and_bad_bytes_exit_2_at_once(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(lines) + "\ngpus: [{model: H100}]\n")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"gpus:\n  - model: H100 caf\xe9\n")
+    for path, message in ((bomb, f"{bomb}:5: l4[0]: aliases expand to more than 10000 values"),
+                          (latin1, f"{latin1}:2: is not UTF-8 text")):
+        result = _run_module(["--port", "0", "--fake-fleet", str(path)], timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_module_serves_a_fake_fleet_and_stops_on_sigterm(tmp_path: Path) -> None:

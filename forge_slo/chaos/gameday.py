@@ -32,9 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from forge_slo.errors import RunnerError, UsageError
+from forge_slo.spec.yamlnode import Node, describe, from_data, load_file, read_bytes
 
 EXPERIMENT_SUFFIXES = (".json", ".yaml", ".yml")
 EXTENSION_NAME = "forge-slo"
@@ -129,9 +128,10 @@ class GamedayResult:
 
 # Finding and reading experiments -----------------------------------------------------------------------------
 
-def collect(paths: Sequence[str | Path]) -> tuple[list[Path], dict[str, str]]:
+def collect(paths: Sequence[str | Path], *, _within: tuple[Path, ...] = ()) -> tuple[list[Path], dict[str, str]]:
     """Experiment files from files, directories (their ``*.json``/``*.yaml``, not nested, sorted) and game-day
-    files (``kind: GameDay``: ``experiments`` relative to the file, optional ``env``); and that env."""
+    files (``kind: GameDay``: ``experiments`` relative to the file, optional ``env``); and that env.
+    ``_within``: the game-day files being read, so one that lists itself (or a file listing it) is refused."""
     files: list[Path] = []
     env: dict[str, str] = {}
     for raw in paths:
@@ -142,9 +142,13 @@ def collect(paths: Sequence[str | Path]) -> tuple[list[Path], dict[str, str]]:
                 raise UsageError(f"{path}: no *.json or *.yaml experiment files in this directory")
             files.extend(found)
         elif path.is_file():
-            doc = read_document(path)
-            if isinstance(doc, dict) and doc.get("kind") == "GameDay":
-                listed, more_env = _gameday_file(path, doc)
+            doc = read_node(path)
+            if doc is not None and isinstance(doc.value, dict) and "kind" in doc.value \
+                    and doc.value["kind"].value == "GameDay":
+                if path.resolve() in _within:
+                    chain = " -> ".join(str(p) for p in (*_within[_within.index(path.resolve()):], path.resolve()))
+                    raise UsageError(f"{path}: game-day files list each other in a loop: {chain}")
+                listed, more_env = _gameday_file(path, doc, (*_within, path.resolve()))
                 files.extend(listed)
                 env.update(more_env)
             else:
@@ -157,35 +161,48 @@ def collect(paths: Sequence[str | Path]) -> tuple[list[Path], dict[str, str]]:
     return list(unique.values()), env
 
 
-def _gameday_file(path: Path, doc: Mapping[str, Any]) -> tuple[list[Path], dict[str, str]]:
-    allowed = {"apiVersion", "kind", "name", "description", "experiments", "env"}
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise UsageError(f"{path}: unknown field {unknown[0]!r} in the game-day file; "
-                         f"allowed: {', '.join(sorted(allowed))}")
-    listed = doc.get("experiments")
-    if not isinstance(listed, list) or not listed or not all(isinstance(x, str) for x in listed):
-        raise UsageError(f"{path}: experiments: list the experiment files or directories (relative to this file)")
-    env = doc.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str | int | float)
-                                            for k, v in env.items()):
-        raise UsageError(f"{path}: env: a mapping of variable names to values")
-    files, _ = collect([path.parent / x for x in listed])
-    return files, {k: str(v) for k, v in env.items()}
+_GAMEDAY_FIELDS = {"apiVersion", "kind", "name", "description", "experiments", "env"}
+
+
+def _gameday_file(path: Path, doc: Node, within: tuple[Path, ...]) -> tuple[list[Path], dict[str, str]]:
+    items = doc.mapping(_GAMEDAY_FIELDS, required=("experiments",))
+    entries = items["experiments"].sequence()
+    if not entries:
+        items["experiments"].fail("list the experiment files or directories (relative to this file)")
+    listed = [entry.string() for entry in entries]
+    env: dict[str, str] = {}
+    if "env" in items and items["env"].value is not None:
+        for key, value in items["env"].items():
+            if not isinstance(value.value, str | int | float):
+                value.fail(f"env values are strings or numbers, got {describe(value.value)}")
+            env[key] = str(value.value)
+    files, _ = collect([path.parent / x for x in listed], _within=within)
+    return files, env
+
+
+def read_node(path: Path) -> Node | None:
+    """A game-day or experiment file as Nodes (None when empty): YAML with lines through the bounded reader,
+    JSON with field paths."""
+    if path.suffix != ".json":
+        docs = load_file(path)
+        if len(docs) > 1:
+            docs[1].fail("a second YAML document; a game-day or experiment file holds one")
+        return docs[0] if docs else None
+    try:
+        data = json.loads(read_bytes(path))
+    except ValueError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"{path}:{line}" if line is not None else str(path)
+        raise UsageError(f"{where}: not valid JSON: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not valid JSON: nested too deeply") from None
+    return from_data(data, str(path))
 
 
 def read_document(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from None
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        line = getattr(exc, "lineno", None) or getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f"{path}:{line}" if line is not None else str(path)
-        raise UsageError(f"{where}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                         f"{str(exc).splitlines()[0]}") from None
+    """A game-day or experiment file as plain data."""
+    node = read_node(path)
+    return node.plain() if node is not None else None
 
 
 def load_experiment(path: Path) -> dict[str, Any]:

@@ -1,23 +1,26 @@
 """The simulator's configuration: frozen dataclasses, read from YAML (with line numbers) or fault JSON.
 
-Two edges parse into these types: :func:`load_sim_config` (a YAML file, errors become
-:class:`~forge_slo.errors.SpecError` with file, line and field path) and :func:`parse_fault` (a fault from
-the admin API, errors become HTTP 400 naming the field). Both use the same field reader, so a fault reads
-the same in a config file and in a request body.
+Two edges parse into these types, through the one Node reader of :mod:`forge_slo.spec.yamlnode`:
+:func:`load_sim_config` (a YAML file; errors are :class:`~forge_slo.errors.SpecError` with file, line and
+field path) and :func:`parse_fault` (a fault from the admin API; errors are :class:`ConfigFieldError`, an
+HTTP 400 naming the field). A fault reads, and fails, the same in a config file and in a request body.
+
+Every number has a range, so no value can make a request never finish: delays (``*_s``) are at most
+:data:`MAX_DELAY_S` (an hour), ``duration_s`` at most :data:`MAX_DURATION_S` (a day), multipliers
+(``*_multiplier``, ``batch_slowdown``) at most :data:`MAX_MULTIPLIER`, token counts at most
+:data:`MAX_TOKENS`, ``max_num_seqs`` at most :data:`MAX_NUM_SEQS`, ``kv_cache_tokens`` at most
+:data:`MAX_KV_CACHE_TOKENS`, ``tokens_per_chunk`` at most :data:`MAX_TOKENS_PER_CHUNK`, and ``seed`` is an
+integer of magnitude at most 2**53.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
-import yaml
-
 from forge_slo.errors import SpecError
+from forge_slo.spec.yamlnode import MAX_INTEGER, Node, from_data, load_file
 
 ItlDistribution = Literal["fixed", "normal", "lognormal"]
 TracingExporter = Literal["off", "console", "otlp"]
@@ -25,15 +28,23 @@ ErrorMode = Literal["http_500", "abort_stream"]
 
 DEFAULT_MODEL_NAME = "sim-llama"
 _FAULT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_DELAY_S = 3600.0
+MAX_DURATION_S = 86400.0
+MAX_MULTIPLIER = 1000.0
+MAX_TOKENS = 1_000_000
+MAX_NUM_SEQS = 65_536
+MAX_KV_CACHE_TOKENS = 1_000_000_000
+MAX_TOKENS_PER_CHUNK = 4096
 
 
-class ConfigFieldError(ValueError):
-    """One wrong field: its dotted path (``models[0].itl_s``) and why."""
+class ConfigFieldError(SpecError):
+    """One wrong field of plain data (a fault body, a config mapping): its dotted path and why, no file."""
 
     def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}" if field else reason)
+        super().__init__(reason, field=field)
+
+    def render(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
 
 
 @dataclass(frozen=True)
@@ -148,188 +159,31 @@ def default_config() -> SimConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Field reader shared by YAML and JSON.
+# Edges: a file, or plain data (the admin API's JSON, a mapping in a test)
 
 
-class _Fields:
-    """Reads typed fields out of one mapping and rejects the keys it was never asked for."""
-
-    def __init__(self, data: object, path: str) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigFieldError(path, f"must be a mapping, got {_type_name(data)}")
-        for key in data:
-            if not isinstance(key, str):
-                raise ConfigFieldError(path, f"keys must be strings, got {key!r}")
-        self.data: Mapping[str, Any] = data
-        self.path = path
-        self.seen: set[str] = set()
-
-    def sub(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def has(self, key: str) -> bool:
-        return key in self.data and self.data[key] is not None
-
-    def raw(self, key: str) -> Any:
-        self.seen.add(key)
-        return self.data.get(key)
-
-    def number(
-        self,
-        key: str,
-        default: float,
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        above: float | None = None,
-    ) -> float:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigFieldError(self.sub(key), f"must be a number, got {_type_name(value)} {value!r}")
-        _check_range(self.sub(key), float(value), minimum, maximum, above)
-        return float(value)
-
-    def optional_number(
-        self, key: str, *, above: float | None = None, minimum: float | None = None
-    ) -> float | None:
-        if self.raw(key) is None:
-            return None
-        return self.number(key, 0.0, above=above, minimum=minimum)
-
-    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigFieldError(self.sub(key), f"must be an integer, got {_type_name(value)} {value!r}")
-        _check_range(self.sub(key), value, minimum, None, None)
-        return value
-
-    def optional_integer(self, key: str, *, minimum: int | None = None) -> int | None:
-        if self.raw(key) is None:
-            return None
-        return self.integer(key, 0, minimum=minimum)
-
-    def string(self, key: str, default: str, *, non_empty: bool = True) -> str:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            raise ConfigFieldError(self.sub(key), f"must be a string, got {_type_name(value)} {value!r}")
-        if non_empty and not value:
-            raise ConfigFieldError(self.sub(key), "must not be empty")
-        return value
-
-    def optional_string(self, key: str) -> str | None:
-        if self.raw(key) is None:
-            return None
-        return self.string(key, "")
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.raw(key)
-        if value is None:
-            return default
-        if value is False and "off" in choices:  # YAML 1.1 reads a bare `off` as false
-            return "off"
-        if not isinstance(value, str) or value not in choices:
-            raise ConfigFieldError(self.sub(key), f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            key = unknown[0]
-            near = difflib.get_close_matches(key, sorted(self.seen), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            allowed = ", ".join(sorted(self.seen))
-            raise ConfigFieldError(self.sub(key), f"unknown field{hint}; allowed: {allowed}")
+def load_sim_config(path: str) -> SimConfig:
+    """Read a simulator config file; raises :class:`SpecError` with file, line and field path."""
+    docs = load_file(path, what="the simulator config")
+    if len(docs) > 1:
+        docs[1].fail("a simulator config holds one YAML document, found another one here")
+    return _sim_config(docs[0] if docs else None)
 
 
-def _check_range(
-    path: str, value: float, minimum: float | None, maximum: float | None, above: float | None
-) -> None:
-    if minimum is not None and value < minimum:
-        raise ConfigFieldError(path, f"must be >= {minimum:g}, got {value:g}")
-    if maximum is not None and value > maximum:
-        raise ConfigFieldError(path, f"must be <= {maximum:g}, got {value:g}")
-    if above is not None and value <= above:
-        raise ConfigFieldError(path, f"must be > {above:g}, got {value:g}")
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "list",
-        dict: "mapping",
-    }.get(type(value), type(value).__name__)
-
-
-def _list(data: object, path: str) -> list[Any]:
-    if data is None:
-        return []
-    if not isinstance(data, list):
-        raise ConfigFieldError(path, f"must be a list, got {_type_name(data)}")
-    return data
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Faults
+def parse_sim_config(data: object) -> SimConfig:
+    """A :class:`SimConfig` from plain data; raises :class:`ConfigFieldError`."""
+    try:
+        return _sim_config(from_data(data, "<config>"))
+    except SpecError as e:
+        raise ConfigFieldError(e.field, e.reason) from None
 
 
 def parse_fault(data: object, path: str = "", *, model_names: tuple[str, ...] | None = None) -> Fault:
-    """A fault from a JSON/YAML mapping; raises :class:`ConfigFieldError` naming the wrong field."""
-    f = _Fields(data, path)
-    kind = f.choice("kind", "", tuple(FAULT_KINDS)) if f.has("kind") else None
-    if kind is None:
-        raise ConfigFieldError(f.sub("kind"), f"is required: one of {', '.join(FAULT_KINDS)}")
-    fault_id = f.optional_string("id")
-    if fault_id is not None and not _FAULT_ID.match(fault_id):
-        raise ConfigFieldError(f.sub("id"), "must be 1-64 letters, digits, '.', '_' or '-'")
-    model = f.optional_string("model")
-    if model is not None and model_names is not None and model not in model_names:
-        raise ConfigFieldError(f.sub("model"), f"unknown model {model!r}; served: {', '.join(model_names)}")
-    duration = f.optional_number("duration_s", above=0.0)
-    common: dict[str, Any] = {"id": fault_id, "model": model, "duration_s": duration}
-    fault: Fault
-    if kind == "latency":
-        fault = LatencyFault(
-            **common,
-            ttft_multiplier=f.number("ttft_multiplier", 1.0, minimum=0.0),
-            ttft_add_s=f.number("ttft_add_s", 0.0, minimum=0.0),
-            itl_multiplier=f.number("itl_multiplier", 1.0, minimum=0.0),
-            itl_add_s=f.number("itl_add_s", 0.0, minimum=0.0),
-        )
-    elif kind == "errors":
-        mode = f.choice("mode", "http_500", ("http_500", "abort_stream"))
-        abort_after = f.optional_integer("abort_after_tokens", minimum=0)
-        if abort_after is not None and mode != "abort_stream":
-            raise ConfigFieldError(f.sub("abort_after_tokens"), "only applies to mode abort_stream")
-        fault = ErrorsFault(
-            **common,
-            rate=f.number("rate", 1.0, minimum=0.0, maximum=1.0),
-            mode="abort_stream" if mode == "abort_stream" else "http_500",
-            abort_after_tokens=abort_after,
-        )
-    elif kind == "stall":
-        if not f.has("stall_s"):
-            raise ConfigFieldError(f.sub("stall_s"), "is required for a stall fault")
-        fault = StallFault(
-            **common,
-            stall_s=f.number("stall_s", 1.0, above=0.0),
-            at_token=f.integer("at_token", 1, minimum=0),
-            probability=f.number("probability", 1.0, minimum=0.0, maximum=1.0),
-        )
-    else:
-        fault = OutageFault(**common)
-    f.finish()
-    return fault
+    """A fault from a JSON mapping; raises :class:`ConfigFieldError` naming the wrong field."""
+    try:
+        return _fault(from_data(data, "<request body>", path), model_names)
+    except SpecError as e:
+        raise ConfigFieldError(e.field, e.reason) from None
 
 
 def fault_to_json(fault: Fault) -> dict[str, Any]:
@@ -341,71 +195,171 @@ def fault_to_json(fault: Fault) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# YAML
+# Field readers: a missing field and an explicit null both mean "the default".
 
 
-def parse_sim_config(data: object) -> SimConfig:
-    """A :class:`SimConfig` from plain data; raises :class:`ConfigFieldError`."""
-    if data is None:
+def _get(items: dict[str, Node], key: str) -> Node | None:
+    node = items.get(key)
+    return None if node is None or node.value is None else node
+
+
+def _number(items: dict[str, Node], key: str, default: float, *, maximum: float,
+            above: float | None = None) -> float:
+    node = _get(items, key)
+    if node is None:
+        return default
+    return node.number(minimum=None if above is not None else 0.0, maximum=maximum, above=above)
+
+
+def _integer(items: dict[str, Node], key: str, default: int, *, minimum: int, maximum: int) -> int:
+    node = _get(items, key)
+    return default if node is None else node.integer(minimum=minimum, maximum=maximum)
+
+
+def _string(items: dict[str, Node], key: str, default: str) -> str:
+    node = _get(items, key)
+    return default if node is None else node.string()
+
+
+def _choice(items: dict[str, Node], key: str, default: str, choices: tuple[str, ...]) -> str:
+    node = _get(items, key)
+    if node is None:
+        return default
+    if node.value is False and "off" in choices:  # YAML 1.1 reads a bare `off` as false
+        return "off"
+    return node.choice(choices)
+
+
+def _list(items: dict[str, Node], key: str) -> list[Node]:
+    node = _get(items, key)
+    return [] if node is None else node.sequence()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Faults
+
+_COMMON_FAULT_FIELDS = {"kind", "id", "model", "duration_s"}
+_FAULT_FIELDS: dict[str, set[str]] = {
+    "latency": {"ttft_multiplier", "ttft_add_s", "itl_multiplier", "itl_add_s"},
+    "errors": {"rate", "mode", "abort_after_tokens"},
+    "stall": {"stall_s", "at_token", "probability"},
+    "outage": set(),
+}
+
+
+def _fault(node: Node, model_names: tuple[str, ...] | None) -> Fault:
+    raw = node.mapping()
+    kind_node = _get(raw, "kind")
+    if kind_node is None:
+        Node(None, node.file, node.line, node.child_path("kind")).fail(
+            f"is required: one of {', '.join(FAULT_KINDS)}")
+    kind = kind_node.choice(tuple(FAULT_KINDS))
+    f = node.mapping(_COMMON_FAULT_FIELDS | _FAULT_FIELDS[kind])
+    id_node = _get(f, "id")
+    fault_id = id_node.string() if id_node is not None else None
+    if id_node is not None and not _FAULT_ID.match(id_node.value):
+        id_node.fail("must be 1-64 letters, digits, '.', '_' or '-'")
+    model_node = _get(f, "model")
+    model = model_node.string() if model_node is not None else None
+    if model_node is not None and model_names is not None and model not in model_names:
+        model_node.fail(f"unknown model {model!r}; served: {', '.join(model_names)}")
+    duration_node = _get(f, "duration_s")
+    duration = duration_node.number(above=0.0, maximum=MAX_DURATION_S) if duration_node is not None else None
+    common: dict[str, Any] = {"id": fault_id, "model": model, "duration_s": duration}
+    if kind == "latency":
+        return LatencyFault(
+            **common,
+            ttft_multiplier=_number(f, "ttft_multiplier", 1.0, maximum=MAX_MULTIPLIER),
+            ttft_add_s=_number(f, "ttft_add_s", 0.0, maximum=MAX_DELAY_S),
+            itl_multiplier=_number(f, "itl_multiplier", 1.0, maximum=MAX_MULTIPLIER),
+            itl_add_s=_number(f, "itl_add_s", 0.0, maximum=MAX_DELAY_S),
+        )
+    if kind == "errors":
+        mode = _choice(f, "mode", "http_500", ("http_500", "abort_stream"))
+        abort_node = _get(f, "abort_after_tokens")
+        abort_after = abort_node.integer(minimum=0, maximum=MAX_TOKENS) if abort_node is not None else None
+        if abort_node is not None and mode != "abort_stream":
+            abort_node.fail("only applies to mode abort_stream")
+        return ErrorsFault(
+            **common,
+            rate=_number(f, "rate", 1.0, maximum=1.0),
+            mode="abort_stream" if mode == "abort_stream" else "http_500",
+            abort_after_tokens=abort_after,
+        )
+    if kind == "stall":
+        if _get(f, "stall_s") is None:
+            Node(None, node.file, node.line, node.child_path("stall_s")).fail("is required for a stall fault")
+        return StallFault(
+            **common,
+            stall_s=_number(f, "stall_s", 1.0, above=0.0, maximum=MAX_DELAY_S),
+            at_token=_integer(f, "at_token", 1, minimum=0, maximum=MAX_TOKENS),
+            probability=_number(f, "probability", 1.0, maximum=1.0),
+        )
+    return OutageFault(**common)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The config file
+
+_TOP_FIELDS = {"seed", "admin_token", "models", "tracing", "faults"}
+_MODEL_FIELDS = {"name", "max_num_seqs", "max_model_len", "kv_cache_tokens", "prefill_base_s",
+                 "prefill_per_token_s", "itl_s", "itl_distribution", "itl_stddev_s", "batch_slowdown",
+                 "output_tokens", "token_text", "tokens_per_chunk"}
+
+
+def _sim_config(root: Node | None) -> SimConfig:
+    if root is None or root.value is None:
         return default_config()
-    top = _Fields(data, "")
-    seed = top.integer("seed", 0)
-    admin_token = top.optional_string("admin_token")
+    top = root.mapping(_TOP_FIELDS)
+    seed = _integer(top, "seed", 0, minimum=-MAX_INTEGER, maximum=MAX_INTEGER)
+    token_node = _get(top, "admin_token")
+    admin_token = token_node.string() if token_node is not None else None
     models: list[ModelConfig] = []
-    names: set[str] = set()
-    raw_models = _list(top.raw("models"), "models")
-    for i, raw in enumerate(raw_models):
-        m = _parse_model(raw, f"models[{i}]")
-        if m.name in names:
-            raise ConfigFieldError(f"models[{i}].name", f"duplicate model name {m.name!r}")
-        names.add(m.name)
+    for item in _list(top, "models"):
+        m = _model(item)
+        if m.name in (seen.name for seen in models):
+            item.mapping()["name"].fail(f"duplicate model name {m.name!r}")
         models.append(m)
-    if top.raw("models") is not None and not models:
-        raise ConfigFieldError("models", "must list at least one model (or leave it out for the default)")
+    if _get(top, "models") is not None and not models:
+        top["models"].fail("must list at least one model (or leave it out for the default)")
     if not models:
         models = [ModelConfig()]
     model_names = tuple(m.name for m in models)
-    tracing = _parse_tracing(top.raw("tracing"), "tracing")
+    tracing_node = _get(top, "tracing")
+    tracing = _tracing(tracing_node) if tracing_node is not None else TracingConfig()
     faults: list[Fault] = []
-    ids: set[str] = set()
-    for i, raw in enumerate(_list(top.raw("faults"), "faults")):
-        fault = parse_fault(raw, f"faults[{i}]", model_names=model_names)
-        if fault.id is not None:
-            if fault.id in ids:
-                raise ConfigFieldError(f"faults[{i}].id", f"duplicate fault id {fault.id!r}")
-            ids.add(fault.id)
+    for item in _list(top, "faults"):
+        fault = _fault(item, model_names)
+        if fault.id is not None and fault.id in (f.id for f in faults):
+            item.mapping()["id"].fail(f"duplicate fault id {fault.id!r}")
         faults.append(fault)
-    top.finish()
     return SimConfig(
         seed=seed, admin_token=admin_token, models=tuple(models), tracing=tracing, faults=tuple(faults)
     )
 
 
-def _parse_model(data: object, path: str) -> ModelConfig:
-    f = _Fields(data, path)
-    if not f.has("name"):
-        raise ConfigFieldError(f.sub("name"), "is required")
+def _model(node: Node) -> ModelConfig:
+    f = node.mapping(_MODEL_FIELDS, required=("name",))
     d = ModelConfig()
     m = ModelConfig(
-        name=f.string("name", d.name),
-        max_num_seqs=f.integer("max_num_seqs", d.max_num_seqs, minimum=1),
-        max_model_len=f.integer("max_model_len", d.max_model_len, minimum=2),
-        kv_cache_tokens=f.integer("kv_cache_tokens", d.kv_cache_tokens, minimum=1),
-        prefill_base_s=f.number("prefill_base_s", d.prefill_base_s, minimum=0.0),
-        prefill_per_token_s=f.number("prefill_per_token_s", d.prefill_per_token_s, minimum=0.0),
-        itl_s=f.number("itl_s", d.itl_s, minimum=0.0),
+        name=f["name"].string(),
+        max_num_seqs=_integer(f, "max_num_seqs", d.max_num_seqs, minimum=1, maximum=MAX_NUM_SEQS),
+        max_model_len=_integer(f, "max_model_len", d.max_model_len, minimum=2, maximum=MAX_TOKENS),
+        kv_cache_tokens=_integer(f, "kv_cache_tokens", d.kv_cache_tokens, minimum=1, maximum=MAX_KV_CACHE_TOKENS),
+        prefill_base_s=_number(f, "prefill_base_s", d.prefill_base_s, maximum=MAX_DELAY_S),
+        prefill_per_token_s=_number(f, "prefill_per_token_s", d.prefill_per_token_s, maximum=MAX_DELAY_S),
+        itl_s=_number(f, "itl_s", d.itl_s, maximum=MAX_DELAY_S),
         itl_distribution=_itl_distribution(
-            f.choice("itl_distribution", d.itl_distribution, ("fixed", "normal", "lognormal"))
+            _choice(f, "itl_distribution", d.itl_distribution, ("fixed", "normal", "lognormal"))
         ),
-        itl_stddev_s=f.number("itl_stddev_s", d.itl_stddev_s, minimum=0.0),
-        batch_slowdown=f.number("batch_slowdown", d.batch_slowdown, minimum=0.0),
-        output_tokens=_parse_output_tokens(f.raw("output_tokens"), f.sub("output_tokens")),
-        token_text=f.string("token_text", d.token_text),
-        tokens_per_chunk=f.integer("tokens_per_chunk", d.tokens_per_chunk, minimum=1),
+        itl_stddev_s=_number(f, "itl_stddev_s", d.itl_stddev_s, maximum=MAX_DELAY_S),
+        batch_slowdown=_number(f, "batch_slowdown", d.batch_slowdown, maximum=MAX_MULTIPLIER),
+        output_tokens=_output_tokens(f["output_tokens"]) if _get(f, "output_tokens") is not None else OutputTokens(),
+        token_text=_string(f, "token_text", d.token_text),
+        tokens_per_chunk=_integer(f, "tokens_per_chunk", d.tokens_per_chunk, minimum=1, maximum=MAX_TOKENS_PER_CHUNK),
     )
     if m.itl_distribution == "lognormal" and m.itl_s == 0 and m.itl_stddev_s > 0:
-        raise ConfigFieldError(f.sub("itl_s"), "must be > 0 for a lognormal distribution with a stddev")
-    f.finish()
+        (_get(f, "itl_s") or node).fail("must be > 0 for a lognormal distribution with a stddev")
     return m
 
 
@@ -417,87 +371,30 @@ def _itl_distribution(value: str) -> ItlDistribution:
     return "normal"
 
 
-def _parse_output_tokens(data: object, path: str) -> OutputTokens:
-    if data is None:
-        return OutputTokens()
-    f = _Fields(data, path)
-    dist = f.choice("distribution", "uniform", ("fixed", "uniform"))
+def _output_tokens(node: Node) -> OutputTokens:
+    raw = node.mapping()
+    dist = _choice(raw, "distribution", "uniform", ("fixed", "uniform"))
     if dist == "fixed":
-        if not f.has("value"):
-            raise ConfigFieldError(f.sub("value"), "is required for a fixed distribution")
-        value = f.integer("value", 1, minimum=1)
-        f.finish()
+        f = node.mapping({"distribution", "value"})
+        if _get(f, "value") is None:
+            Node(None, node.file, node.line, node.child_path("value")).fail("is required for a fixed distribution")
+        value = _integer(f, "value", 1, minimum=1, maximum=MAX_TOKENS)
         return OutputTokens("fixed", value, value)
-    lo = f.integer("min", OutputTokens.min, minimum=1)
-    hi = f.integer("max", max(lo, OutputTokens.max), minimum=1)
+    f = node.mapping({"distribution", "min", "max"})
+    lo = _integer(f, "min", OutputTokens.min, minimum=1, maximum=MAX_TOKENS)
+    hi = _integer(f, "max", max(lo, OutputTokens.max), minimum=1, maximum=MAX_TOKENS)
     if hi < lo:
-        raise ConfigFieldError(f.sub("max"), f"must be >= min ({lo}), got {hi}")
-    f.finish()
+        f["max"].fail(f"must be >= min ({lo}), got {hi}")
     return OutputTokens("uniform", lo, hi)
 
 
-def _parse_tracing(data: object, path: str) -> TracingConfig:
-    if data is None:
-        return TracingConfig()
-    f = _Fields(data, path)
-    exporter = f.choice("exporter", "off", ("off", "console", "otlp"))
-    endpoint = f.optional_string("endpoint")
-    service = f.string("service_name", TracingConfig.service_name)
-    f.finish()
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        raise ConfigFieldError(f.sub("endpoint"), f"must be an http(s) URL, got {endpoint!r}")
+def _tracing(node: Node) -> TracingConfig:
+    f = node.mapping({"exporter", "endpoint", "service_name"})
+    exporter = _choice(f, "exporter", "off", ("off", "console", "otlp"))
+    endpoint_node = _get(f, "endpoint")
+    endpoint = endpoint_node.string() if endpoint_node is not None else None
+    if endpoint_node is not None and not endpoint_node.value.startswith(("http://", "https://")):
+        endpoint_node.fail(f"must be an http(s) URL, got {endpoint!r}")
+    service = _string(f, "service_name", TracingConfig.service_name)
     exp: TracingExporter = "console" if exporter == "console" else "otlp" if exporter == "otlp" else "off"
     return TracingConfig(exporter=exp, endpoint=endpoint, service_name=service)
-
-
-def _line_map(node: yaml.Node | None) -> dict[str, int]:
-    """Field path -> 1-based line, walking the composed YAML tree beside the loaded data."""
-    lines: dict[str, int] = {}
-
-    def walk(n: yaml.Node, path: str) -> None:
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for key_node, value_node in n.value:
-                if isinstance(key_node, yaml.ScalarNode):
-                    sub = f"{path}.{key_node.value}" if path else str(key_node.value)
-                    lines[sub] = key_node.start_mark.line + 1
-                    walk(value_node, sub)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, item in enumerate(n.value):
-                walk(item, f"{path}[{i}]")
-
-    if node is not None:
-        walk(node, "")
-    return lines
-
-
-def _line_for(lines: Mapping[str, int], path: str) -> int | None:
-    """The line of a field, or of its nearest parent that exists in the file."""
-    while True:
-        if path in lines:
-            return lines[path]
-        if not path:
-            return None
-        cut = max(path.rfind("."), path.rfind("["))
-        path = path[:cut] if cut > 0 else ""
-
-
-def load_sim_config(path: str) -> SimConfig:
-    """Read a simulator config file; raises :class:`SpecError` with file, line and field path."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise SpecError(f"cannot read the simulator config: {e.strerror or e}", file=path) from e
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(e, "problem", None) or str(e)
-        raise SpecError(f"invalid YAML: {problem}", file=path, line=line) from e
-    try:
-        return parse_sim_config(data)
-    except ConfigFieldError as e:
-        raise SpecError(e.reason, file=path, line=_line_for(_line_map(node), e.field), field=e.field) from e

@@ -29,7 +29,7 @@ from forge_slo.spec.model import (
     frozen_map,
 )
 from forge_slo.spec.presets import PRESETS, Histogram, Preset
-from forge_slo.spec.yamlnode import Node, load_documents
+from forge_slo.spec.yamlnode import Node, load_documents, read_bytes
 
 API_VERSION = "forge-slo/v1"
 KIND = "ServiceSLO"
@@ -38,6 +38,13 @@ RESERVED_LABEL_PREFIX = "forge_slo_"
 DEFAULT_FOR = {PAGE: 120.0, TICKET: 600.0}
 # Budgets below this lose digits in the rules' arithmetic and text (and no fleet measures them honestly).
 MIN_BUDGET_PERCENT = 1e-6
+# Sane bounds for the numbers of a spec: beyond them a value is a typo, and some would overflow downstream.
+MAX_DURATION_S = 10 * 365 * 86400.0  # 10y: periods, windows, `for`, `absent_for`
+MAX_DURATION_TEXT = 32  # characters; longer duration text is refused before its digits are converted
+MAX_XID = 1023  # NVIDIA XID codes are small positive integers
+MAX_MIN_EVENTS = 1e9
+MAX_PRICE_PER_GPU_HOUR = 1e6
+MAX_UNIT_SECONDS = 86400.0
 
 
 def spec_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -70,13 +77,9 @@ def load_specs(paths: Sequence[str | Path]) -> list[ServiceSpec]:
         raise SpecErrors([exc]) from None
     for file in files:
         try:
-            text = file.read_text(encoding="utf-8")
-            docs = load_documents(text, str(file))
+            docs = load_documents(read_bytes(file, what="the spec file"), str(file))
         except SpecError as exc:
             errors.append(exc)
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            errors.append(SpecError(f"cannot read: {exc}", file=str(file)))
             continue
         for doc in docs:
             if doc.value is None:
@@ -159,7 +162,7 @@ def parse_gpu(node: Node, preset: Preset) -> GpuPool:
     items = node.mapping({"selector", "price_per_gpu_hour", "alerts", "critical_xids"})
     price = None
     if "price_per_gpu_hour" in items:
-        price = items["price_per_gpu_hour"].number()
+        price = items["price_per_gpu_hour"].number(maximum=MAX_PRICE_PER_GPU_HOUR)
         if price <= 0:
             items["price_per_gpu_hour"].fail("must be a positive price (e.g. dollars per GPU-hour)")
         if preset.server.generation_tokens is None:
@@ -172,8 +175,8 @@ def parse_gpu(node: Node, preset: Preset) -> GpuPool:
         codes = []
         for code in items["critical_xids"].sequence():
             value = code.number()
-            if not value.is_integer() or value <= 0:
-                code.fail("XID codes are positive integers")
+            if not value.is_integer() or not 0 < value <= MAX_XID:
+                code.fail(f"XID codes are positive integers, at most {MAX_XID}")
             codes.append(int(value))
         if not codes:
             items["critical_xids"].fail("list at least one XID code")
@@ -197,10 +200,15 @@ def parse_name(node: Node) -> str:
 
 def parse_duration_node(node: Node) -> float:
     text = node.string()
+    if len(text.strip()) > MAX_DURATION_TEXT:
+        node.fail(f"is not a duration: longer than {MAX_DURATION_TEXT} characters")
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         node.fail(str(exc))
+    if seconds > MAX_DURATION_S:
+        node.fail(f"{text.strip()!r} is longer than {format_duration(MAX_DURATION_S)} (10 years)")
+    return seconds
 
 
 def parse_preset(node: Node | None, metrics: Node | None) -> Preset:
@@ -224,7 +232,7 @@ def parse_preset(node: Node | None, metrics: Node | None) -> Preset:
             fields["buckets"].fail("must list the histogram's bucket bounds")
         if list(buckets) != sorted(set(buckets)):
             fields["buckets"].fail("bucket bounds must be distinct and ascending")
-        unit = fields["unit_seconds"].number() if "unit_seconds" in fields else 1.0
+        unit = fields["unit_seconds"].number(maximum=MAX_UNIT_SECONDS) if "unit_seconds" in fields else 1.0
         if unit <= 0:
             fields["unit_seconds"].fail("must be positive (0.001 for a histogram in milliseconds)")
         histograms[alias] = Histogram(metric, buckets, unit)
@@ -267,9 +275,7 @@ def parse_alerting(node: Node | None, period: float) -> tuple[AlertPolicy, Alert
     ticket = parse_policy(items.get(TICKET), TICKET, ticket_windows, period)
     min_events = 10.0
     if "min_events" in items:
-        min_events = items["min_events"].number()
-        if min_events < 0:
-            items["min_events"].fail("must be zero or more")
+        min_events = items["min_events"].number(minimum=0, maximum=MAX_MIN_EVENTS)
     absent_for = parse_duration_node(items["absent_for"]) if "absent_for" in items else 600.0
     return page, ticket, min_events, absent_for
 

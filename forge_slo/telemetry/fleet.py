@@ -1,21 +1,26 @@
 """The fake fleet's YAML: GPUs, value patterns over time, and faults (at a time, or injected at run time).
 
-Two edges parse into these frozen types: :func:`load_fleet` (a file; errors are
-:class:`~forge_slo.errors.SpecError` with file, line and field path) and :func:`fault_from_json` (a fault
-posted to the exporter's ``/admin/faults``; same reader, so a fault reads the same in both places).
+Two edges parse into these frozen types through the one Node reader of :mod:`forge_slo.spec.yamlnode`:
+:func:`load_fleet` (a file; errors are :class:`~forge_slo.errors.SpecError` with file, line and field path)
+and :func:`fault_from_json` (a fault posted to the exporter's ``/admin/faults``; same reader, so a fault reads
+the same in both places).
+
+Every number has a range: times (``at``, ``period``, ``phase``, ``repeat``, a fault's ``duration``) are at
+most :data:`MAX_FLEET_TIME_S` (a day), a sine's ``period`` at least :data:`MIN_PERIOD_S`, ``read_latency``
+at most :data:`MAX_READ_LATENCY_S`, signal values at most their entry in :data:`SIGNAL_MAXIMA` (percentages
+0-100), ``memory_total_mib`` at most :data:`MAX_MEMORY_MIB`; counts and codes as :func:`parse_fault` says.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, cast, get_args
+from typing import Literal, TypeAlias, cast, get_args
 
 from forge_slo.durations import parse_duration
 from forge_slo.errors import SpecError
-from forge_slo.spec.yamlnode import Node, load_documents
+from forge_slo.spec.yamlnode import Node, from_data, load_documents, load_file
 
 FaultKind = Literal["xid", "ecc", "row_remap", "nvlink_error", "pcie_replay", "thermal", "lost", "recover"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
@@ -158,27 +163,39 @@ _SIGNAL_DEFAULTS: dict[str, float] = {
 }
 _PERCENT_SIGNALS = {"utilization", "memory_utilization"}
 MAX_FAKE_GPUS = 1024
+MAX_FLEET_TIME_S = 86400.0
+MAX_READ_LATENCY_S = 60.0
+MIN_PERIOD_S = 0.001
+MAX_MEMORY_MIB = 16 * 1024 * 1024.0  # 16 TiB
+MAX_TEMPERATURE_C = 200.0
+MAX_DURATION_TEXT = 32  # characters; longer duration text is refused before its digits are converted
+# The largest value each signal may take; none may be negative.
+SIGNAL_MAXIMA: dict[str, float] = {
+    "utilization": 100.0, "memory_utilization": 100.0, "memory_used_mib": MAX_MEMORY_MIB, "power_w": 10_000.0,
+    "temperature_c": MAX_TEMPERATURE_C, "memory_temperature_c": MAX_TEMPERATURE_C, "sm_clock_mhz": 100_000.0,
+    "mem_clock_mhz": 100_000.0, "nvlink_kib_per_s": 1e12,
+}
 
 
 def load_fleet(path: str) -> FleetConfig:
     """Read a fleet file; raises :class:`SpecError` with file, line and field path."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise SpecError(f"cannot read the fleet file: {e.strerror or e}", file=path) from e
-    return parse_fleet(text, path)
+    return _fleet(load_file(path, what="the fleet file"), path)
 
 
-def parse_fleet(text: str, file: str = "<fleet>") -> FleetConfig:
-    docs = load_documents(text, file)
+def parse_fleet(text: str | bytes, file: str = "<fleet>") -> FleetConfig:
+    """A fleet from YAML text; raises :class:`SpecError` with file, line and field path."""
+    return _fleet(load_documents(text, file), file)
+
+
+def _fleet(docs: list[Node], file: str) -> FleetConfig:
     if len(docs) != 1:
         raise SpecError(f"a fleet file holds exactly one YAML document, found {len(docs)}", file=file)
     root = docs[0]
     top = root.mapping(_TOP_FIELDS, required=("gpus",))
     hostname = top["hostname"].string() if "hostname" in top else None
     driver = _scalar_string(top["driver_version"]) if "driver_version" in top else "550.54.15"
-    latency = _duration(top["read_latency"], allow_zero=True) if "read_latency" in top else 0.0
+    latency = (_duration(top["read_latency"], allow_zero=True, maximum=MAX_READ_LATENCY_S)
+               if "read_latency" in top else 0.0)
     gpus_node = top["gpus"]
     gpu_groups = gpus_node.sequence()
     if not gpu_groups:
@@ -202,10 +219,11 @@ def _gpu_group(node: Node, *, first_index: int, hostname: str) -> list[FakeGpu]:
         for key in ("uuid", "pci_bus_id"):
             if key in m:
                 m[key].fail(f"cannot be set on a group of {count} GPUs (every GPU needs its own)")
-    memory_total = _positive(m["memory_total_mib"]) if "memory_total_mib" in m else 81559.0
+    memory_total = (m["memory_total_mib"].number(above=0, maximum=MAX_MEMORY_MIB)
+                    if "memory_total_mib" in m else 81559.0)
     signals: dict[str, Signal] = {}
     for key, default in _SIGNAL_DEFAULTS.items():
-        signals[key] = _signal(m[key], percent=key in _PERCENT_SIGNALS) if key in m else Constant(default)
+        signals[key] = _signal(m[key], key) if key in m else Constant(default)
     nvlinks = _int(m["nvlink_count"], low=0, high=36) if "nvlink_count" in m else 0
     out = []
     for i in range(count):
@@ -219,11 +237,9 @@ def _gpu_group(node: Node, *, first_index: int, hostname: str) -> list[FakeGpu]:
     return out
 
 
-def _signal(node: Node, *, percent: bool) -> Signal:
+def _signal(node: Node, key: str) -> Signal:
     if not isinstance(node.value, dict):
-        value = node.number()
-        _check_range(node, value, percent)
-        return Constant(value)
+        return Constant(_signal_value(node, key))
     raw = node.mapping()
     if "pattern" not in raw:
         node.fail("missing required field 'pattern' (constant, sine or steps)")
@@ -231,18 +247,17 @@ def _signal(node: Node, *, percent: bool) -> Signal:
     pattern = pattern_node.string()
     if pattern == "constant":
         m = node.mapping({"pattern", "value"}, required=("value",))
-        value = m["value"].number()
-        _check_range(m["value"], value, percent)
-        return Constant(value)
+        return Constant(_signal_value(m["value"], key))
     if pattern == "sine":
         m = node.mapping({"pattern", "min", "max", "period", "phase"}, required=("min", "max", "period"))
-        low, high = m["min"].number(), m["max"].number()
-        _check_range(m["min"], low, percent)
-        _check_range(m["max"], high, percent)
+        low, high = _signal_value(m["min"], key), _signal_value(m["max"], key)
         if low > high:
             m["max"].fail(f"must be at least min ({low:g})")
         phase = _duration(m["phase"], allow_zero=True) if "phase" in m else 0.0
-        return Sine(low, high, _duration(m["period"]), phase)
+        period = _duration(m["period"])
+        if period < MIN_PERIOD_S:  # shorter ones overflow the sine's argument to infinity
+            m["period"].fail(f"must be at least {MIN_PERIOD_S:g} seconds (1ms), got {period:g}")
+        return Sine(low, high, period, phase)
     if pattern == "steps":
         m = node.mapping({"pattern", "steps", "repeat"}, required=("steps",))
         steps: list[tuple[float, float]] = []
@@ -254,9 +269,7 @@ def _signal(node: Node, *, percent: bool) -> Signal:
             start = _duration(sm["at"], allow_zero=True)
             if steps and start <= steps[-1][0]:
                 sm["at"].fail(f"steps must be in time order: {start:g}s is not after {steps[-1][0]:g}s")
-            value = sm["value"].number()
-            _check_range(sm["value"], value, percent)
-            steps.append((start, value))
+            steps.append((start, _signal_value(sm["value"], key)))
         repeat = _duration(m["repeat"]) if "repeat" in m else None
         if repeat is not None and repeat <= steps[-1][0]:
             m["repeat"].fail(f"must be longer than the last step's time ({steps[-1][0]:g}s)")
@@ -286,56 +299,39 @@ def parse_fault(node: Node, *, gpu_count: int, timed: bool) -> Fault:
         if fault_type not in FAULT_TYPES[kind]:
             m["type"].fail(f"unknown {kind} type {fault_type!r}; use one of {', '.join(FAULT_TYPES[kind])}")
     duration = _duration(m["duration"]) if "duration" in m else None
-    temperature = m["temperature_c"].number() if "temperature_c" in m else None
+    temperature = m["temperature_c"].number(minimum=0, maximum=MAX_TEMPERATURE_C) if "temperature_c" in m else None
     return Fault(kind=cast(FaultKind, kind), gpu=gpu, at_s=at_s, code=code, count=count, type=fault_type,
                  duration_s=duration, temperature_c=temperature)
 
 
 def fault_from_json(data: object, *, gpu_count: int) -> Fault:
     """A fault posted to ``/admin/faults``; raises :class:`SpecError` naming the wrong field."""
-    return parse_fault(_json_node(data, ""), gpu_count=gpu_count, timed=False)
-
-
-def _json_node(value: Any, path: str) -> Node:
-    where = "<request body>"
-    if isinstance(value, Mapping):
-        return Node({str(k): _json_node(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()},
-                    where, None, path)
-    if isinstance(value, list):
-        return Node([_json_node(v, f"{path}[{i}]") for i, v in enumerate(value)], where, None, path)
-    return Node(value, where, None, path)
+    return parse_fault(from_data(data, "<request body>"), gpu_count=gpu_count, timed=False)
 
 
 # Field readers -----------------------------------------------------------------------------------------
 def _int(node: Node, *, low: int, high: int) -> int:
-    value = node.number()
-    if not value.is_integer():
-        node.fail(f"must be a whole number, got {value:g}")
-    if not low <= value <= high:
-        node.fail(f"must be between {low} and {high}, got {value:g}")
-    return int(value)
+    return node.integer(minimum=low, maximum=high)
 
 
-def _positive(node: Node) -> float:
-    value = node.number()
-    if value <= 0:
-        node.fail(f"must be greater than zero, got {value:g}")
-    return value
-
-
-def _duration(node: Node, *, allow_zero: bool = False) -> float:
-    """A duration as ``30s``/``1m30s`` or a number of seconds."""
+def _duration(node: Node, *, allow_zero: bool = False, maximum: float = MAX_FLEET_TIME_S) -> float:
+    """A duration as ``30s``/``1m30s`` or a number of seconds, at most ``maximum`` seconds."""
     if isinstance(node.value, str):
         text = node.value.strip()
         if allow_zero and text in ("0", "0s", "0ms"):
             return 0.0
+        if len(text) > MAX_DURATION_TEXT:
+            node.fail(f"is not a duration: longer than {MAX_DURATION_TEXT} characters")
         try:
-            return parse_duration(text)
+            seconds = parse_duration(text)
         except ValueError as e:
             node.fail(str(e))
-    seconds = node.number()
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        node.fail(f"must be {'zero or more' if allow_zero else 'greater than zero'} seconds, got {seconds:g}")
+    else:
+        seconds = node.number()
+        if seconds < 0 or (seconds == 0 and not allow_zero):
+            node.fail(f"must be {'zero or more' if allow_zero else 'greater than zero'} seconds, got {seconds:g}")
+    if seconds > maximum:
+        node.fail(f"must be at most {maximum:g} seconds, got {seconds:g}")
     return seconds
 
 
@@ -346,8 +342,8 @@ def _scalar_string(node: Node) -> str:
     return node.string()
 
 
-def _check_range(node: Node, value: float, percent: bool) -> None:
-    if value < 0:
-        node.fail(f"must not be negative, got {value:g}")
-    if percent and value > 100:
+def _signal_value(node: Node, key: str) -> float:
+    value = node.number()
+    if key in _PERCENT_SIGNALS and not 0 <= value <= 100:
         node.fail(f"is a percentage (0-100), got {value:g}")
+    return node.number(minimum=0, maximum=SIGNAL_MAXIMA[key])
