@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from forge_slo import __version__
 from forge_slo.compile.pipeline import PRODUCERS, compile_specs, formats
-from forge_slo.errors import ForgeError, SpecErrors
+from forge_slo.runtime.exits import run
 
 EPILOG = ("Exit codes: 0 success, 1 failure (stale output, an SLO missed, a canary failed, a runner error), "
           "2 bad input (spec, flags), 3 a source error or an inconclusive canary.")
@@ -187,25 +187,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     return run(lambda: int(args.func(args)))
-
-
-def run(action: Callable[[], int]) -> int:
-    """Run one command: a ForgeError becomes its message and exit code, Ctrl-C exit 130; a bug keeps its
-    traceback. Every entry point (the CLI, ``python -m forge_slo.<package>``) goes through here."""
-    try:
-        return action()
-    except SpecErrors as exc:
-        for error in exc.errors:
-            print(f"error: {error.render()}", file=sys.stderr)
-        print(f"{len(exc.errors)} problem{'s' if len(exc.errors) != 1 else ''} found; nothing written",
-              file=sys.stderr)
-        return exc.exit_code
-    except ForgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into head & co.
-        sys.stderr.close()
-        return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from forge_slo.canary.judge import duration_text, interval_text, pct
 from forge_slo.canary.model import CanaryVerdict, CheckResult
+from forge_slo.runtime.text import table
 
 
 def _value(result: CheckResult, value: float | None) -> str:
@@ -44,10 +45,8 @@ def render_table(verdict: CanaryVerdict) -> str:
             rows.append((r.name, status, pct(r.estimate), interval_text(r.lower, r.upper), _allowed(r),
                          _value(r, r.baseline_value), _value(r, r.canary_value), f"{r.baseline_samples:.0f}",
                          f"{r.canary_samples:.0f}"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines.append("")
-        for row in rows:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        lines.extend(table(rows[0], rows[1:], indent=""))
         lines.append("")
         lines.extend(f"{r.name}: {r.explanation}" for r in verdict.checks
                      if r.status in ("fail", "insufficient", "invalid"))

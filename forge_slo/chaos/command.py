@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from forge_slo.errors import UsageError
+from forge_slo.runtime.text import table
 
 DESCRIPTION = ("Run chaos experiments (each through the real 'chaos run') and judge them against the SLOs: "
                "'run' executes a directory of experiments or a game-day file and writes a report; 'schedule' "
@@ -141,12 +142,10 @@ def _run(args: argparse.Namespace) -> int:
             lab.stop()
             shutil.rmtree(report / "lab" / "tsdb", ignore_errors=True)  # the report keeps the lab's logs only
     rows = summary_rows(result)
-    widths = [min(48, max(len(c), *(len(r[i]) for r in rows))) for i, c in enumerate(SUMMARY_COLUMNS)] if rows else []
     if rows:
         _print("")
-        _print("  ".join(c[:w].ljust(w) for c, w in zip(SUMMARY_COLUMNS, widths, strict=True)))
-        for row in rows:
-            _print("  ".join(c[:w].ljust(w) for c, w in zip(row, widths, strict=True)))
+        for line in table(SUMMARY_COLUMNS, rows, max_width=[48] * len(SUMMARY_COLUMNS)):
+            _print(line)
     _print(f"\nreport: {html_path} and {report / 'report.md'}")
     if result.interrupted:
         print("interrupted: the running experiment played its rollbacks; the rest did not run", file=sys.stderr)

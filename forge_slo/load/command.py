@@ -18,6 +18,7 @@ from typing import Any
 
 from forge_slo.errors import RunnerError, UsageError
 from forge_slo.load.options import LoadOptions, add_load_arguments, options_from_namespace
+from forge_slo.runtime.text import table
 
 DESCRIPTION = (
     "Load-test an OpenAI-compatible server with Locust: streaming chat or text completions, open-loop arrivals "
@@ -170,7 +171,7 @@ def format_verdict(summary: dict[str, Any]) -> str:
                      f"{s['output_tokens_per_s']:.0f}", _ms(lat["ttft_s"]["p50"]), _ms(lat["ttft_s"]["p99"]),
                      _ms(lat["tpot_s"]["p99"]), _ms(lat["itl_s"]["p99"]), _ms(lat["e2e_s"]["p99"]),
                      f"{s['goodput_requests_per_s']:.2f}"))
-    lines += _table(rows)
+    lines += table(rows[0], rows[1:])
     errors = [(s["name"], s["errors"]["by_kind"]) for s in summary.get("stages", []) if s["errors"]["by_kind"]]
     for name, kinds in errors:
         lines.append(f"errors in {name}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
@@ -191,7 +192,7 @@ def format_verdict(summary: dict[str, Any]) -> str:
                 rows.append((s["name"], slo["name"], f"{what} for {slo['objective_percent']:g}%",
                              "-" if att is None else f"{att:.2f}% of {slo['events']}",
                              "PASS" if slo["met"] else "FAIL"))
-        lines += _table(rows)
+        lines += table(rows[0], rows[1:])
     verdict = summary.get("verdict")
     if summary.get("interrupted"):
         lines.append("interrupted: the figures cover what ran until then")
@@ -204,11 +205,6 @@ def format_verdict(summary: dict[str, Any]) -> str:
     else:
         lines.append("verdict: none (no --spec given)")
     return "\n".join(lines)
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from forge_slo.load.svg import PALETTE, Chart
+from forge_slo.runtime.svg import PALETTE, Chart
 from forge_slo.sources.records import RequestRecord
 
 METRICS = (("ttft_s", "TTFT", "ttft"), ("tpot_s", "TPOT", "tpot"), ("itl_s", "ITL", "itl"),

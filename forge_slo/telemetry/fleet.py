@@ -168,7 +168,6 @@ MAX_READ_LATENCY_S = 60.0
 MIN_PERIOD_S = 0.001
 MAX_MEMORY_MIB = 16 * 1024 * 1024.0  # 16 TiB
 MAX_TEMPERATURE_C = 200.0
-MAX_DURATION_TEXT = 32  # characters; longer duration text is refused before its digits are converted
 # The largest value each signal may take; none may be negative.
 SIGNAL_MAXIMA: dict[str, float] = {
     "utilization": 100.0, "memory_utilization": 100.0, "memory_used_mib": MAX_MEMORY_MIB, "power_w": 10_000.0,
@@ -315,21 +314,15 @@ def _int(node: Node, *, low: int, high: int) -> int:
 
 
 def _duration(node: Node, *, allow_zero: bool = False, maximum: float = MAX_FLEET_TIME_S) -> float:
-    """A duration as ``30s``/``1m30s`` or a number of seconds, at most ``maximum`` seconds."""
+    """A duration (``30s``, ``1m30s``; forge-slo's one syntax) or, from JSON, a number of seconds."""
     if isinstance(node.value, str):
-        text = node.value.strip()
-        if allow_zero and text in ("0", "0s", "0ms"):
-            return 0.0
-        if len(text) > MAX_DURATION_TEXT:
-            node.fail(f"is not a duration: longer than {MAX_DURATION_TEXT} characters")
         try:
-            seconds = parse_duration(text)
+            return parse_duration(node.value, allow_zero=allow_zero, maximum=maximum)
         except ValueError as e:
             node.fail(str(e))
-    else:
-        seconds = node.number()
-        if seconds < 0 or (seconds == 0 and not allow_zero):
-            node.fail(f"must be {'zero or more' if allow_zero else 'greater than zero'} seconds, got {seconds:g}")
+    seconds = node.number()
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        node.fail(f"must be {'zero or more' if allow_zero else 'greater than zero'} seconds, got {seconds:g}")
     if seconds > maximum:
         node.fail(f"must be at most {maximum:g} seconds, got {seconds:g}")
     return seconds

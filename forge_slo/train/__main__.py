@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from forge_slo.cli import run
+    from forge_slo.runtime.exits import run
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""A small SVG line and scatter chart writer for the self-contained HTML report (no plotting library)."""
+"""A small SVG line and scatter chart writer for self-contained HTML reports (no plotting library, no script)."""
 
 from __future__ import annotations
 
