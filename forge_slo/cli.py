@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from forge_slo import __version__
 from forge_slo.compile.pipeline import PRODUCERS, compile_specs, formats
@@ -14,6 +17,47 @@ from forge_slo.runtime.exits import run
 
 EPILOG = ("Exit codes: 0 success, 1 failure (stale output, an SLO missed, a canary failed, a runner error), "
           "2 bad input (spec, flags), 3 a source error or an inconclusive canary.")
+
+
+@dataclass(frozen=True)
+class RunnerCommand:
+    """A subcommand that a runner package defines: its module holds the description, the flags and the run."""
+
+    name: str
+    help: str
+    module: str
+    description: str
+    build: str
+    run: str
+    epilog: str | None = None   # the module's own epilog (else the common exit codes)
+    raw: bool = False           # the description is pre-formatted
+
+    def add_to(self, sub: Any) -> None:
+        module = importlib.import_module(self.module)
+        p = sub.add_parser(self.name, help=self.help, description=getattr(module, self.description),
+                           epilog=getattr(module, self.epilog) if self.epilog else EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter if self.raw else argparse.HelpFormatter)
+        getattr(module, self.build)(p)
+        p.set_defaults(func=getattr(module, self.run))
+
+
+# The runners' subcommands, in the order --help lists them. Their modules load when the parser is built.
+RUNNER_COMMANDS = (
+    RunnerCommand("simulate", "run the OpenAI-compatible inference simulator (vLLM metrics, faults)",
+                  "forge_slo.sim.command", "DESCRIPTION", "build_parser", "main_from_args", "EPILOG", raw=True),
+    RunnerCommand("load", "load-test an OpenAI-compatible server with Locust and judge it against a spec",
+                  "forge_slo.load.command", "DESCRIPTION", "build_parser", "main_from_args", "EPILOG"),
+    RunnerCommand("demo", "start the simulator, load it with the example spec and print the verdict",
+                  "forge_slo.load.command", "DEMO_DESCRIPTION", "build_demo_parser", "demo_from_args", "EPILOG"),
+    RunnerCommand("canary", "judge a canary against its baseline on the spec's SLIs",
+                  "forge_slo.canary.command", "CANARY_DESCRIPTION", "build_canary_parser", "canary_from_args"),
+    RunnerCommand("gate", "serve the canary judge to Argo Rollouts and Flagger (gate serve)",
+                  "forge_slo.canary.command", "GATE_DESCRIPTION", "build_gate_parser", "gate_from_args"),
+    RunnerCommand("gameday", "run chaos experiments as a game day and report, or schedule them",
+                  "forge_slo.chaos.command", "DESCRIPTION", "build_gameday_parser", "gameday_from_args", "EPILOG"),
+    RunnerCommand("gpu-exporter", "serve GPU metrics in dcgm-exporter's names (NVML, or a fake fleet)",
+                  "forge_slo.telemetry.command", "DESCRIPTION", "build_parser", "main_from_args"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,67 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="write nothing; exit 1 if DIR differs from what the specs compile to (for CI)")
     p.set_defaults(func=cmd_compile, skip=[])
 
-    from forge_slo.sim.command import DESCRIPTION as SIM_DESCRIPTION
-    from forge_slo.sim.command import EPILOG as SIM_EPILOG
-    from forge_slo.sim.command import build_parser as sim_flags
-    from forge_slo.sim.command import main_from_args as simulate
-
-    p = sub.add_parser("simulate", help="run the OpenAI-compatible inference simulator (vLLM metrics, faults)",
-                       description=SIM_DESCRIPTION, epilog=SIM_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    sim_flags(p)
-    p.set_defaults(func=simulate)
-
-    p = sub.add_parser("prometheus-config", help="write a Prometheus config that scrapes targets and loads rules",
-                       description="Write a prometheus.yml that scrapes the given targets and loads the rule files "
-                                   "forge-slo compiled, e.g. to run the simulator, Prometheus and the SLO rules "
-                                   "together.", epilog=EPILOG)
-    p.add_argument("--scrape", nargs="+", required=True, metavar="HOST:PORT", help="targets to scrape")
-    p.add_argument("--rules", required=True, metavar="DIR", type=Path,
-                   help="the --out directory of forge-slo compile (or a directory of *.rules.yaml)")
-    p.add_argument("--scrape-interval", default="15s", metavar="DURATION", help="default 15s")
-    p.add_argument("--evaluation-interval", metavar="DURATION", help="rule evaluation interval (default: as scrape)")
-    p.add_argument("--job", default="forge-slo", help="job label of the targets (default forge-slo)")
-    p.add_argument("--out", "-o", type=Path, metavar="FILE", help="write here instead of standard output")
-    p.set_defaults(func=cmd_prometheus_config)
-
-    from forge_slo.load import command as load
-
-    p = sub.add_parser("load", help="load-test an OpenAI-compatible server with Locust and judge it against a spec",
-                       description=load.DESCRIPTION, epilog=load.EPILOG)
-    load.build_parser(p)
-    p.set_defaults(func=load.main_from_args)
-    p = sub.add_parser("demo", help="start the simulator, load it with the example spec and print the verdict",
-                       description=load.DEMO_DESCRIPTION, epilog=load.EPILOG)
-    load.build_demo_parser(p)
-    p.set_defaults(func=load.demo_from_args)
-
-    from forge_slo.canary import command as canary
-
-    p = sub.add_parser("canary", help="judge a canary against its baseline on the spec's SLIs",
-                       description=canary.CANARY_DESCRIPTION, epilog=EPILOG)
-    canary.build_canary_parser(p)
-    p.set_defaults(func=canary.canary_from_args)
-    p = sub.add_parser("gate", help="serve the canary judge to Argo Rollouts and Flagger (gate serve)",
-                       description=canary.GATE_DESCRIPTION, epilog=EPILOG)
-    canary.build_gate_parser(p)
-    p.set_defaults(func=canary.gate_from_args)
-
-    from forge_slo.chaos import command as chaos
-
-    p = sub.add_parser("gameday", help="run chaos experiments as a game day and report, or schedule them",
-                       description=chaos.DESCRIPTION, epilog=chaos.EPILOG)
-    chaos.build_gameday_parser(p)
-    p.set_defaults(func=chaos.gameday_from_args)
-
-    from forge_slo.telemetry.command import DESCRIPTION as GPU_DESCRIPTION
-    from forge_slo.telemetry.command import build_parser as gpu_flags
-    from forge_slo.telemetry.command import main_from_args as gpu_exporter
-
-    p = sub.add_parser("gpu-exporter", help="serve GPU metrics in dcgm-exporter's names (NVML, or a fake fleet)",
-                       description=GPU_DESCRIPTION, epilog=EPILOG)
-    gpu_flags(p)
-    p.set_defaults(func=gpu_exporter)
+    for command in RUNNER_COMMANDS:
+        command.add_to(sub)
     return parser
 
 

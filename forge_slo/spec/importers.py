@@ -10,14 +10,6 @@ import re
 
 from forge_slo import promql
 from forge_slo.errors import SpecError, SpecErrors
-from forge_slo.spec.loader import (
-    DEFAULT_FOR,
-    parse_alert_name,
-    parse_duration_node,
-    parse_labels,
-    parse_name,
-    parse_slo_identity,
-)
 from forge_slo.spec.model import (
     PAGE,
     SLO,
@@ -27,6 +19,14 @@ from forge_slo.spec.model import (
     ServiceSpec,
     default_windows,
     frozen_map,
+)
+from forge_slo.spec.native import (
+    DEFAULT_FOR,
+    parse_alert_name,
+    parse_duration_node,
+    parse_labels,
+    parse_name,
+    parse_slo_identity,
 )
 from forge_slo.spec.presets import CUSTOM
 from forge_slo.spec.yamlnode import Node
