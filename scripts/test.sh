@@ -29,5 +29,8 @@ echo "== ruff"
 python3 -m ruff check forge_slo tests benchmarks
 echo "== mypy (strict)"
 python3 -m mypy
+echo "== import-linter (layer contracts in pyproject.toml)"
+# The console script beside this python3 (a virtualenv's bin/ need not be on PATH).
+"$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/lint-imports" --no-cache
 echo "== pytest"
 python3 -m pytest "$@"
