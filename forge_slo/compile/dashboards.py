@@ -169,35 +169,39 @@ def _factors_text(spec: ServiceSpec) -> str:
 
 
 def slo_panels(spec: ServiceSpec, slo: SLO) -> list[Panel]:
-    """The panels of one SLO's row (not yet placed)."""
+    """The panels of one SLO's row (not yet placed): SLI, budget, alerts, burn rates, burn-down, latency."""
+    panels = [_sli_panel(spec, slo), *_budget_and_alert_stats(spec, slo), _burn_rate_panel(spec, slo),
+              _burn_down_panel(spec, slo)]
+    if isinstance(slo.sli, LatencySLI):
+        panels.extend(_latency_panels(spec, slo, slo.sli))
+    return panels
+
+
+def _sli_panel(spec: ServiceSpec, slo: SLO) -> Panel:
     base = spec.base_window_seconds
-    base_w = format_duration(base)
-    period = format_duration(spec.period_seconds)
     objective = _percent(slo.objective_ratio)
-    budget = promql.number(slo.error_budget_ratio)
-    group_legend = _group_legend(spec, "SLI") or "SLI"
-    panels = [
-        _panel(
-            "timeseries", f"{slo.name}: SLI against objective",
-            f"Share of good events of {slo.name} over the last {base_w} (1 - {cv.error_ratio(base)}), with "
-            "the "
-            f"{objective} objective as a dashed line ({cv.OBJECTIVE}). When the SLI is under the line the "
-            "error "
-            "budget is being spent faster than allowed: check the burn-rate panel and the errors and "
-            "saturation "
-            "rows to find what changed.",
-            "percentunit",
-            [Target(f"1 - {_recorded(spec, slo, cv.error_ratio(base))}", group_legend),
-             Target(_recorded(spec, slo, cv.OBJECTIVE, grouped=False), "objective")],
-            12,
-            series=(SeriesStyle("objective", RED, dashed=True),),
-        ),
+    return _panel(
+        "timeseries", f"{slo.name}: SLI against objective",
+        f"Share of good events of {slo.name} over the last {format_duration(base)} (1 - {cv.error_ratio(base)}), "
+        f"with the {objective} objective as a dashed line ({cv.OBJECTIVE}). When the SLI is under the line the "
+        "error budget is being spent faster than allowed: check the burn-rate panel and the errors and "
+        "saturation rows to find what changed.",
+        "percentunit",
+        [Target(f"1 - {_recorded(spec, slo, cv.error_ratio(base))}", _group_legend(spec, "SLI") or "SLI"),
+         Target(_recorded(spec, slo, cv.OBJECTIVE, grouped=False), "objective")],
+        12,
+        series=(SeriesStyle("objective", RED, dashed=True),),
+    )
+
+
+def _budget_and_alert_stats(spec: ServiceSpec, slo: SLO) -> list[Panel]:
+    period = format_duration(spec.period_seconds)
+    return [
         _panel(
             "stat", f"{slo.name}: error budget remaining",
             f"Share of the {period} error budget still unspent ({cv.ERROR_BUDGET_REMAINING}); the budget is "
-            f"{_percent(slo.error_budget_ratio)} of events. Red: the budget is gone - freeze risky changes "
-            "and put "
-            "reliability work first. Orange: under a quarter left - be careful with deploys.",
+            f"{_percent(slo.error_budget_ratio)} of events. Red: the budget is gone - freeze risky changes and "
+            "put reliability work first. Orange: under a quarter left - be careful with deploys.",
             "percentunit",
             [Target(_recorded(spec, slo, cv.ERROR_BUDGET_REMAINING), _group_legend(spec) or "remaining",
                     instant=True)],
@@ -206,50 +210,48 @@ def slo_panels(spec: ServiceSpec, slo: SLO) -> list[Panel]:
         ),
         _panel(
             "stat", f"{slo.name}: alerts firing",
-            f"Burn-rate and missing-data alerts of {slo.name} firing now "
-            f"(ALERTS{{alertstate=\"firing\"}}), by "
-            "severity. Red: an alert fires - follow its action annotation: find which group burns and "
-            "whether "
-            "errors, latency or traffic changed; roll back a change that lines up; add capacity if "
-            "saturated.",
+            f"Burn-rate and missing-data alerts of {slo.name} firing now (ALERTS{{alertstate=\"firing\"}}), by "
+            "severity. Red: an alert fires - follow its action annotation: find which group burns and whether "
+            "errors, latency or traffic changed; roll back a change that lines up; add capacity if saturated.",
             "none",
             [Target(_alerts(spec, slo, severity) + " or vector(0)", severity, instant=True)
              for severity in ("page", "ticket")],
             6,
             steps=(Step(None, GREEN), Step(1.0, RED)),
         ),
-        _panel(
-            "timeseries", f"{slo.name}: burn rate per alert window",
-            f"How many times faster than allowed the error budget burns, over each alert window "
-            f"({cv.error_ratio(base)} and the other windows, divided by the {budget} budget). Dashed lines "
-            "are the "
-            f"alert factors ({_factors_text(spec)}); red lines page, orange ones open a ticket. A burn "
-            "rate of 1 "
-            "spends exactly the budget over the period. Above a line in both of its windows the alert fires: "
-            "find the cause in the errors, latency and saturation panels.",
-            "suffix:x",
-            [Target(f"{_recorded(spec, slo, cv.error_ratio(w))} / {budget}",
-                    _group_legend(spec, format_duration(w)))
-             for w in spec.windows_seconds() or [base]],
-            12,
-            steps=_burn_steps(spec), threshold_style="dashed", min=0.0,
-        ),
-        _panel(
-            "timeseries", f"{slo.name}: error budget burn-down over {period}",
-            f"Error budget remaining ({cv.ERROR_BUDGET_REMAINING}) over the {period} SLO period, so the "
-            "slope "
-            "shows how fast it is spent. Under the red line at 0 the SLO is breached for the period: stop "
-            "risky "
-            "changes until the budget recovers. Needs Prometheus to keep the period's data.",
-            "percentunit",
-            [Target(_recorded(spec, slo, cv.ERROR_BUDGET_REMAINING), _group_legend(spec) or "remaining")],
-            12,
-            steps=(Step(None, RED), Step(0.0, GREEN)), threshold_style="dashed", time_from=period,
-        ),
     ]
-    if isinstance(slo.sli, LatencySLI):
-        panels.extend(_latency_panels(spec, slo, slo.sli))
-    return panels
+
+
+def _burn_rate_panel(spec: ServiceSpec, slo: SLO) -> Panel:
+    base = spec.base_window_seconds
+    budget = promql.number(slo.error_budget_ratio)
+    return _panel(
+        "timeseries", f"{slo.name}: burn rate per alert window",
+        f"How many times faster than allowed the error budget burns, over each alert window "
+        f"({cv.error_ratio(base)} and the other windows, divided by the {budget} budget). Dashed lines are the "
+        f"alert factors ({_factors_text(spec)}); red lines page, orange ones open a ticket. A burn rate of 1 "
+        "spends exactly the budget over the period. Above a line in both of its windows the alert fires: "
+        "find the cause in the errors, latency and saturation panels.",
+        "suffix:x",
+        [Target(f"{_recorded(spec, slo, cv.error_ratio(w))} / {budget}", _group_legend(spec, format_duration(w)))
+         for w in spec.windows_seconds() or [base]],
+        12,
+        steps=_burn_steps(spec), threshold_style="dashed", min=0.0,
+    )
+
+
+def _burn_down_panel(spec: ServiceSpec, slo: SLO) -> Panel:
+    period = format_duration(spec.period_seconds)
+    return _panel(
+        "timeseries", f"{slo.name}: error budget burn-down over {period}",
+        f"Error budget remaining ({cv.ERROR_BUDGET_REMAINING}) over the {period} SLO period, so the slope "
+        "shows how fast it is spent. Under the red line at 0 the SLO is breached for the period: stop risky "
+        "changes until the budget recovers. Needs Prometheus to keep the period's data.",
+        "percentunit",
+        [Target(_recorded(spec, slo, cv.ERROR_BUDGET_REMAINING), _group_legend(spec) or "remaining")],
+        12,
+        steps=(Step(None, RED), Step(0.0, GREEN)), threshold_style="dashed", time_from=period,
+    )
 
 
 def _alerts(spec: ServiceSpec, slo: SLO, severity: str) -> str:
