@@ -69,6 +69,7 @@ _NUMBER = re.compile(
     r"|(?:[0-9][0-9_]*)?\.?[0-9_]*(?:[eE][+-]?[0-9_]+)?)i?")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FIELD_CHAIN = re.compile(r"(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_VARIABLE = re.compile(r"\$[A-Za-z0-9_]*")
 
 
 def _lex(text: str) -> list[Token]:
@@ -104,6 +105,7 @@ def _lex(text: str) -> list[Token]:
 
 
 def _lex_action(text: str, i: int, tokens: list[Token]) -> int:
+    """The tokens of one action, from just after ``{{`` to just after its ``}}``."""
     n = len(text)
     depth = 0
     while True:
@@ -118,82 +120,72 @@ def _lex_action(text: str, i: int, tokens: list[Token]) -> int:
                 tokens.append(Token("right", RIGHT))
                 return j + 3
             i = j
-            continue
-        if text.startswith(RIGHT, i):
+        elif text.startswith(RIGHT, i):
             if depth:
                 raise TemplateError("unclosed left paren")
             tokens.append(Token("right", RIGHT))
             return i + 2
-        if c == "|":
-            tokens.append(Token("pipe", c))
-            i += 1
-        elif c == "=":
-            tokens.append(Token("assign", c))
-            i += 1
-        elif c == ":":
-            if not text.startswith(":=", i):
-                raise TemplateError("expected :=")
-            tokens.append(Token("declare", ":="))
-            i += 2
-        elif c == "(":
-            depth += 1
-            tokens.append(Token("lparen", c))
-            i += 1
-        elif c == ")":
-            depth -= 1
+        elif c in "()":
+            depth += 1 if c == "(" else -1
             if depth < 0:
                 raise TemplateError("unexpected right paren")
-            tokens.append(Token("rparen", c))
+            tokens.append(Token("lparen" if c == "(" else "rparen", c))
             i += 1
-        elif c == ",":
-            tokens.append(Token("comma", c))
-            i += 1
-        elif c == '"':
-            i = _lex_quoted(text, i, tokens)
-        elif c == "`":
-            end = text.find("`", i + 1)
-            if end < 0:
-                raise TemplateError("unterminated raw quoted string")
-            tokens.append(Token("string", text[i:end + 1]))
-            i = end + 1
-        elif c == "'":
-            i = _lex_char(text, i, tokens)
-        elif c == "$":
-            m = re.compile(r"\$[A-Za-z0-9_]*").match(text, i)
-            assert m is not None
-            i = _after_word(text, m.end())
-            tokens.append(Token("var", m.group()))
-            i = _lex_chain(text, i, tokens)
-        elif c == "." and not (i + 1 < n and text[i + 1].isdigit()):
-            m = _FIELD_CHAIN.match(text, i)
-            if m is None:
-                tokens.append(Token("dot", "."))
-                i += 1
-            else:
-                tokens.append(Token("field", m.group()))
-                i = _no_dangling_dot(text, _after_word(text, m.end()))
-        elif c.isdigit() or c in "+-." :
-            m = _NUMBER.match(text, i)
-            if m is None or not m.group() or m.group() in "+-.":
-                raise TemplateError(f"bad number syntax: {text[i:i + 10]!r}")
-            i = _after_number(text, m.end())
-            tokens.append(Token("number", m.group()))
-        elif c.isalpha() or c == "_":
-            m = _IDENT.match(text, i)
-            assert m is not None
-            word = m.group()
-            i = _after_word(text, m.end())
-            if word in KEYWORDS:
-                tokens.append(Token("keyword", word))
-            elif word in ("true", "false"):
-                tokens.append(Token("bool", word))
-            elif word == "nil":
-                tokens.append(Token("nil", word))
-            else:
-                tokens.append(Token("ident", word))
-            i = _lex_chain(text, i, tokens)
         else:
-            raise TemplateError(f"unrecognized character in action: {c!r}")
+            i = _lex_operand(text, i, tokens)
+
+
+_PUNCTUATION = {"|": "pipe", "=": "assign", ",": "comma"}
+
+
+def _lex_operand(text: str, i: int, tokens: list[Token]) -> int:
+    """One token inside an action that is not space, a paren or the closing delimiter."""
+    c = text[i]
+    if c in _PUNCTUATION:
+        tokens.append(Token(_PUNCTUATION[c], c))
+        return i + 1
+    if c == ":":
+        if not text.startswith(":=", i):
+            raise TemplateError("expected :=")
+        tokens.append(Token("declare", ":="))
+        return i + 2
+    if c == '"':
+        return _lex_quoted(text, i, tokens)
+    if c == "`":
+        end = text.find("`", i + 1)
+        if end < 0:
+            raise TemplateError("unterminated raw quoted string")
+        tokens.append(Token("string", text[i:end + 1]))
+        return end + 1
+    if c == "'":
+        return _lex_char(text, i, tokens)
+    if c == "$":
+        m = _VARIABLE.match(text, i)
+        assert m is not None
+        tokens.append(Token("var", m.group()))
+        return _lex_chain(text, _after_word(text, m.end()), tokens)
+    if c == "." and not (i + 1 < len(text) and text[i + 1].isdigit()):
+        m = _FIELD_CHAIN.match(text, i)
+        if m is None:
+            tokens.append(Token("dot", "."))
+            return i + 1
+        tokens.append(Token("field", m.group()))
+        return _no_dangling_dot(text, _after_word(text, m.end()))
+    if c.isdigit() or c in "+-.":
+        m = _NUMBER.match(text, i)
+        if m is None or not m.group() or m.group() in "+-.":
+            raise TemplateError(f"bad number syntax: {text[i:i + 10]!r}")
+        tokens.append(Token("number", m.group()))
+        return _after_number(text, m.end())
+    if c.isalpha() or c == "_":
+        m = _IDENT.match(text, i)
+        assert m is not None
+        word = m.group()
+        kind = "keyword" if word in KEYWORDS else "bool" if word in ("true", "false") else \
+            "nil" if word == "nil" else "ident"
+        tokens.append(Token(kind, word))
+        return _lex_chain(text, _after_word(text, m.end()), tokens)
+    raise TemplateError(f"unrecognized character in action: {c!r}")
 
 
 def _after_word(text: str, i: int) -> int:
