@@ -14,6 +14,7 @@ from typing import Any
 from forge_slo import __version__
 from forge_slo.compile.pipeline import PRODUCERS, compile_specs, formats
 from forge_slo.runtime.exits import run
+from forge_slo.spec.model import ServiceSpec
 
 EPILOG = ("Exit codes: 0 success, 1 failure (stale output, an SLO missed, a canary failed, a runner error), "
           "2 bad input (spec, flags), 3 a source error or an inconclusive canary.")
@@ -107,9 +108,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from forge_slo.spec import load_specs
 
     specs = load_specs(args.paths)
+    _print_warnings(specs)
     for spec in specs:
         print(f"ok  {spec.service}: {len(spec.slos)} SLOs from {spec.source} ({spec.source_format})")
     return 0
+
+
+def _print_warnings(specs: Sequence[ServiceSpec]) -> None:
+    for spec in specs:
+        for warning in spec.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
 
 
 def _folder_dest(folder: str) -> str:
@@ -122,6 +130,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from forge_slo.spec import load_specs
 
     specs = load_specs(args.paths)
+    _print_warnings(specs)
     targets = {pr.folder: getattr(args, _folder_dest(pr.folder)) or args.out / pr.folder for pr in PRODUCERS
                if pr.name not in args.skip}
     root = os.path.abspath(args.out)

@@ -1,7 +1,8 @@
 """The alerts on-call relies on, proven with promtool on the rules forge-slo compiles.
 
-A 99.9% / 30-day availability SLO over vLLM's own counters, grouped by model: the server's 5xx answers
-(which carry no model label) are charged to the model, aborted requests count as failures.
+A 99.9% / 30-day availability SLO over vLLM's own counters, grouped by model: requests that finish with
+``error`` (and the aborts the engine starts) are failures; vLLM also answers a non-streaming ``error`` with
+an HTTP 500, which the series below include and the SLI must not count a second time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SPEC = textwrap.dedent("""\
 M = 'model_name="m"'
 STOP = f'vllm:request_success_total{{{M},finished_reason="stop"}}'
 ABORT = f'vllm:request_success_total{{{M},finished_reason="abort"}}'
+ERROR = f'vllm:request_success_total{{{M},finished_reason="error"}}'
 HTTP_5XX = 'http_requests_total{handler="/v1/chat/completions",method="POST",status="5xx"}'
 PAGES = 'count by (forge_slo_long_window) (ALERTS{alertstate="firing",forge_slo_severity="page"})'
 TICKETS = 'count by (forge_slo_long_window) (ALERTS{alertstate="firing",forge_slo_severity="ticket"})'
@@ -60,10 +62,11 @@ def window(name: str) -> dict:
 
 
 def test_total_outage_pages_within_five_minutes(promtool: str, tmp_path: Path) -> None:
-    # 10 requests/s for 3 hours, then every request answered with a 5xx.
+    # 10 requests/s for 3 hours, then every request fails (finished with "error", answered with a 500).
     series = {
         STOP: "0+600x180 108000+0x29",
         ABORT: "0+0x210",
+        ERROR: "0+0x180 600+600x29",
         HTTP_5XX: "0+0x180 600+600x29",
     }
     check(promtool, tmp_path, rules(tmp_path), series, [
@@ -74,7 +77,8 @@ def test_total_outage_pages_within_five_minutes(promtool: str, tmp_path: Path) -
 
 def test_outage_page_needs_the_fault_to_last(promtool: str, tmp_path: Path) -> None:
     """The same outage seen one minute in: the `for: 2m` keeps a one-scrape blip from paging."""
-    series = {STOP: "0+600x180 108000+0x29", ABORT: "0+0x210", HTTP_5XX: "0+0x180 600+600x29"}
+    series = {STOP: "0+600x180 108000+0x29", ABORT: "0+0x210", ERROR: "0+0x180 600+600x29",
+              HTTP_5XX: "0+0x180 600+600x29"}
     check(promtool, tmp_path, rules(tmp_path), series, [(PAGES, "182m", [])])
 
 

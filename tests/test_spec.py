@@ -99,7 +99,7 @@ BAD_CASES = [
      "between 0 and 100"),
     ("unknown preset", GOOD.replace("preset: vllm", "preset: vvlm"), 4, "preset", "unknown preset 'vvlm'"),
     ("unknown metric alias", GOOD.replace("metric: tpot", "metric: tbt"), 18, "slos[1].sli.latency.metric",
-     "unknown metric 'tbt' for preset 'vllm'; known: e2e, itl, queue, tpot, tpot_legacy, ttft"),
+     "unknown metric 'tbt' for preset 'vllm'; known: e2e, itl, queue, tpot, ttft"),
     ("duplicate SLO", GOOD.replace("name: tpot", "name: ttft"), 16, "slos[1].name", "duplicate SLO name 'ttft'"),
     ("missing window placeholder", GOOD.replace('code=~"5.."}[{{window}}]', 'code=~"5.."}[5m]'), 26,
      "slos[3].sli.ratio.errors", "{{window}} placeholder"),
@@ -120,8 +120,10 @@ BAD_CASES = [
     ("short window not shorter", GOOD.replace("page: {labels: {severity: critical}}",
                                               "page: {windows: [{long: 1h, short: 1h, factor: 14.4}]}"), 10,
      "alerting.page.windows[0].short", "must be shorter"),
-    ("impossible factor", GOOD.replace("objective: 99.9", "objective: 80"), 20, "slos[2].objective",
-     "can never happen"),
+    ("impossible factor", GOOD.replace("objective: 99.9", "objective: 80").replace(
+        "page: {labels: {severity: critical}}",
+        "page: {labels: {severity: critical}, windows: [{long: 1h, short: 5m, factor: 14.4}]}"), 20,
+     "slos[2].objective", "can never happen"),
     ("bad service name", GOOD.replace("service: chat", "service: 'chat/../../etc'"), 3, "service",
      "not a valid name"),
 ]

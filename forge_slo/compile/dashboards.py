@@ -149,19 +149,19 @@ def _slo_title(spec: ServiceSpec, slo: SLO) -> str:
             f"{format_duration(spec.period_seconds)}")
 
 
-def _burn_steps(spec: ServiceSpec) -> tuple[Step, ...]:
+def _burn_steps(spec: ServiceSpec, slo: SLO) -> tuple[Step, ...]:
     """Threshold steps at every alert factor: red where a page fires, orange where only a ticket does."""
     colours: dict[float, str] = {}
-    for policy in spec.policies:
+    for policy in spec.policies(slo):
         for window in policy.windows:
             if policy.severity == PAGE or colours.get(window.factor) != RED:
                 colours[window.factor] = RED if policy.severity == PAGE else ORANGE
     return (Step(None, GREEN), *(Step(f, colours[f]) for f in sorted(colours)))
 
 
-def _factors_text(spec: ServiceSpec) -> str:
+def _factors_text(spec: ServiceSpec, slo: SLO) -> str:
     parts = []
-    for policy in spec.policies:
+    for policy in spec.policies(slo):
         for w in policy.windows:
             parts.append(f"{policy.severity} {promql.number(w.factor)}x over "
                          f"{format_duration(w.long_seconds)} and {format_duration(w.short_seconds)}")
@@ -229,14 +229,14 @@ def _burn_rate_panel(spec: ServiceSpec, slo: SLO) -> Panel:
         "timeseries", f"{slo.name}: burn rate per alert window",
         f"How many times faster than allowed the error budget burns, over each alert window "
         f"({cv.error_ratio(base)} and the other windows, divided by the {budget} budget). Dashed lines are the "
-        f"alert factors ({_factors_text(spec)}); red lines page, orange ones open a ticket. A burn rate of 1 "
+        f"alert factors ({_factors_text(spec, slo)}); red lines page, orange ones open a ticket. A burn rate of 1 "
         "spends exactly the budget over the period. Above a line in both of its windows the alert fires: "
         "find the cause in the errors, latency and saturation panels.",
         "suffix:x",
         [Target(f"{_recorded(spec, slo, cv.error_ratio(w))} / {budget}", _group_legend(spec, format_duration(w)))
          for w in spec.windows_seconds() or [base]],
         12,
-        steps=_burn_steps(spec), threshold_style="dashed", min=0.0,
+        steps=_burn_steps(spec, slo), threshold_style="dashed", min=0.0,
     )
 
 

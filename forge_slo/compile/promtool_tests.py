@@ -80,9 +80,8 @@ def input_series(spec: ServiceSpec, slo: SLO, total: float, errors: float) -> li
             Series(f"{metric}_bucket", {**base, "le": le}, total - errors),
             Series(f"{metric}_bucket", {**base, "le": "+Inf"}, total),
         ]
-    if isinstance(sli, AvailabilitySLI) and sli.counters.examples:
-        rates = {"good": total - errors, "bad": errors, "total": total}
-        return [Series(ex.metric, {**base, **dict(ex.labels)}, rates[ex.role]) for ex in sli.counters.examples]
+    if isinstance(sli, AvailabilitySLI):
+        return outcome_series(spec, sli, {"served": total - errors, "server_error": errors})
     # Ratio SLIs: the recorded rates, since the user's raw series cannot be guessed.
     labels = {**slo_labels(spec, slo), **group_values(spec)}
     out = []
@@ -90,6 +89,19 @@ def input_series(spec: ServiceSpec, slo: SLO, total: float, errors: float) -> li
         out.append(Series(cv.request_rate(seconds), labels, total / 60, gauge=True))
         out.append(Series(cv.error_ratio(seconds), labels, errors / total if total else 0.0, gauge=True))
     return out
+
+
+def outcome_series(spec: ServiceSpec, sli: AvailabilitySLI, per_minute: dict[str, float]) -> list[Series]:
+    """The series a server exports for requests of each outcome (per minute), echoes included: what the
+    SLI must count and what it must leave alone, summed where two outcomes share a series."""
+    base = {**spec.selector, **group_values(spec)}
+    rates: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for outcome, rate in per_minute.items():
+        for example in sli.counters.outcomes.examples.get(outcome, ()):
+            own = {k: v for k, v in base.items() if k not in example.lacks}
+            key = (example.metric, tuple(sorted({**own, **dict(example.labels)}.items())))
+            rates[key] = rates.get(key, 0.0) + rate * example.per_request
+    return [Series(metric, dict(labels), rate) for (metric, labels), rate in sorted(rates.items())]
 
 
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}")
@@ -126,14 +138,14 @@ def _pretty_safe(burn: float) -> float:
     return burn
 
 
-def _windows(spec: ServiceSpec) -> list[tuple[AlertPolicy, BurnWindow]]:
-    return [(p, w) for p in spec.policies for w in p.windows]
+def _windows(spec: ServiceSpec, slo: SLO) -> list[tuple[AlertPolicy, BurnWindow]]:
+    return [(p, w) for p in spec.policies(slo) for w in p.windows]
 
 
 def _expected_burn_alerts(spec: ServiceSpec, slo: SLO, burn: float) -> list[dict[str, Any]]:
     expected = []
     groups = group_values(spec)
-    for policy, window in _windows(spec):
+    for policy, window in _windows(spec, slo):
         if burn > window.factor:
             labels = {**alert_labels(spec, slo, policy, window), **groups}
             annotations = {k: render_template(v, labels, burn)
@@ -144,20 +156,24 @@ def _expected_burn_alerts(spec: ServiceSpec, slo: SLO, burn: float) -> list[dict
 
 
 def slo_tests(spec: ServiceSpec, slo: SLO) -> list[dict[str, Any]]:
-    if not spec.policies:
+    policies = spec.policies(slo)
+    if not policies:
         return [_absent_test(spec, slo)]
-    longest_for = max(p.for_seconds for p in spec.policies)
+    longest_for = max(p.for_seconds for p in policies)
     eval_minutes = math.ceil(longest_for / 60) + 5
     minutes = eval_minutes + 5
     alertname = burn_alert_name(spec, slo)
     budget = slo.error_budget_ratio
     tests: list[dict[str, Any]] = []
-    factors = sorted({w.factor for _, w in _windows(spec)}, reverse=True)
+    factors = sorted({w.factor for _, w in _windows(spec, slo)}, reverse=True)
+    highest = 1 / budget  # every request failing: no burn rate is higher
     for factor in factors:
         for side, scale in (("above", 1.1), ("below", 0.9)):
             burn = _pretty_safe(factor * scale)
             if any(math.isclose(burn, f, rel_tol=1e-6) for f in factors):
                 burn *= 1.01
+            if burn > highest:  # a factor lowered to fit a low objective: a total outage is "just above" it
+                burn = highest
             errors = burn * budget * TOTAL_PER_MINUTE
             series = input_series(spec, slo, TOTAL_PER_MINUTE, errors)
             tests.append({
@@ -171,7 +187,7 @@ def slo_tests(spec: ServiceSpec, slo: SLO) -> list[dict[str, Any]]:
         # Every request fails, but the long windows hold fewer events than min_events.
         # Raw counters only hold `minutes` of data; recorded rates stand for a steady trickle over each window.
         gauge = input_series(spec, slo, 1.0, 1.0)[0].gauge
-        longest = max(w.long_seconds for _, w in _windows(spec)) / 60
+        longest = max(w.long_seconds for _, w in _windows(spec, slo)) / 60
         trickle = spec.min_events / (2 * (longest if gauge else minutes))
         series = input_series(spec, slo, trickle, trickle)
         tests.append({

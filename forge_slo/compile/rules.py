@@ -167,7 +167,7 @@ def burn_annotations(spec: ServiceSpec, slo: SLO, policy: AlertPolicy, window: B
 def alerts(spec: ServiceSpec, slo: SLO) -> list[Rule]:
     rules: list[Rule] = []
     name = burn_alert_name(spec, slo)
-    for policy in spec.policies:
+    for policy in spec.policies(slo):
         for window in policy.windows:
             rule: Rule = {"alert": name, "expr": burn_alert_expr(spec, slo, window)}
             if policy.for_seconds > 0:
@@ -186,7 +186,7 @@ def literal_labels(labels: dict[str, str]) -> dict[str, str]:
 
 def absent_labels(spec: ServiceSpec, slo: SLO) -> dict[str, str]:
     labels = slo_labels(spec, slo)
-    labels.update(spec.ticket.labels)
+    labels.update(spec.page_and_ticket(slo)[1].labels)
     labels[cv.SEVERITY_LABEL] = "ticket"
     return dict(sorted(labels.items()))
 

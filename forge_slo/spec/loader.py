@@ -49,6 +49,9 @@ def load_specs(paths: Sequence[str | Path]) -> list[ServiceSpec]:
         except SpecError as exc:
             errors.append(exc)
             continue
+        if not any(doc.value is not None for doc in docs):
+            errors.append(SpecError("holds no spec: the file is empty (or only comments)", file=str(file)))
+            continue
         for doc in docs:
             if doc.value is None:
                 continue
@@ -67,6 +70,7 @@ def load_specs(paths: Sequence[str | Path]) -> list[ServiceSpec]:
             specs.extend(importers.from_openslo(openslo_docs))
         except SpecErrors as exc:
             errors.extend(exc.errors)
+    errors.extend(_files_without_a_service(files, specs, errors))
     seen: dict[str, ServiceSpec] = {}
     for spec in specs:
         if spec.service in seen:
@@ -78,6 +82,16 @@ def load_specs(paths: Sequence[str | Path]) -> list[ServiceSpec]:
     if errors:
         raise SpecErrors(errors)
     return sorted(specs, key=lambda s: s.service)
+
+
+def _files_without_a_service(files: Sequence[Path], specs: Sequence[ServiceSpec],
+                             errors: Sequence[SpecError]) -> list[SpecError]:
+    """A file that yields no service and no error of its own holds only documents that compile to nothing
+    (OpenSLO SLI, Service or AlertPolicy documents without an SLO): saying nothing would compile nothing."""
+    produced = {spec.source for spec in specs} | {e.file for e in errors}
+    return [SpecError("holds no service spec: only documents that compile to nothing on their own (e.g. OpenSLO "
+                      "SLI or Service documents); an SLO document (kind: SLO) or a forge-slo ServiceSLO is needed",
+                      file=str(file)) for file in files if str(file) not in produced]
 
 
 def document_format(doc: Node) -> str:

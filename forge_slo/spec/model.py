@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from forge_slo.spec.presets import Availability, Histogram, Preset
+from forge_slo.spec.presets import QUANTITIES, Availability, AvailabilityPolicy, Histogram, Preset, Quantity
 
 PAGE = "page"
 TICKET = "ticket"
@@ -27,6 +27,11 @@ class LatencySLI:
     threshold_seconds: float
 
     @property
+    def quantity(self) -> Quantity | None:
+        """What the histogram measures (None for a custom alias of unknown meaning)."""
+        return QUANTITIES.get(self.alias)
+
+    @property
     def bucket_bound(self) -> float:
         """The threshold in the histogram's own unit (the ``le`` bound)."""
         return self.threshold_seconds / self.histogram.unit_seconds
@@ -36,10 +41,15 @@ class LatencySLI:
 
 @dataclass(frozen=True)
 class AvailabilitySLI:
-    """Share of requests the server failed, from the preset's success and error counters."""
+    """Share of requests the server failed, from the preset's outcome counters under the spec's policy for
+    shed and cancelled requests (each request counted once)."""
 
     counters: Availability
     kind: str = field(default="availability", init=False)
+
+    @property
+    def policy(self) -> AvailabilityPolicy:
+        return self.counters.policy
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,9 @@ class SLO:
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=frozen_map)
     alert_name: str = ""  # overrides the derived burn-rate alert name
+    # The SLO's own page and ticket policies where they differ from the service's (factors lowered for a low
+    # objective, an imported per-SLO alerting section); None: the service's.
+    alerting: tuple[AlertPolicy, AlertPolicy] | None = None
 
     @property
     def objective_ratio(self) -> float:
@@ -143,13 +156,20 @@ class ServiceSpec:
     source_format: str = "forge-slo/v1"
     gpu: GpuPool | None = None
 
-    @property
-    def policies(self) -> tuple[AlertPolicy, ...]:
-        return tuple(p for p in (self.page, self.ticket) if p.enabled)
+    warnings: tuple[str, ...] = ()  # what loading changed or could not carry over, for the user to read
+
+    def page_and_ticket(self, slo: SLO) -> tuple[AlertPolicy, AlertPolicy]:
+        """The page and ticket policies of ``slo`` (its own, or the service's)."""
+        return slo.alerting if slo.alerting is not None else (self.page, self.ticket)
+
+    def policies(self, slo: SLO) -> tuple[AlertPolicy, ...]:
+        """The enabled alert policies of ``slo``."""
+        return tuple(p for p in self.page_and_ticket(slo) if p.enabled)
 
     def windows_seconds(self) -> list[float]:
-        """Every alert window (long and short) of every enabled policy, ascending, without repeats."""
-        seen = {w for p in self.policies for b in p.windows for w in (b.long_seconds, b.short_seconds)}
+        """Every alert window (long and short) of every enabled policy of every SLO, ascending, no repeats."""
+        seen = {w for slo in self.slos for p in self.policies(slo) for b in p.windows
+                for w in (b.long_seconds, b.short_seconds)}
         return sorted(seen)
 
     @property

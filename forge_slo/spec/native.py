@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+from dataclasses import replace
 
 from forge_slo import gotemplate, promql
 from forge_slo.durations import format_duration, parse_duration
@@ -28,7 +29,7 @@ from forge_slo.spec.model import (
     default_windows,
     frozen_map,
 )
-from forge_slo.spec.presets import PRESETS, Histogram, Preset
+from forge_slo.spec.presets import PRESETS, QUANTITIES, Availability, AvailabilityPolicy, Histogram, Preset
 from forge_slo.spec.yamlnode import Node
 
 API_VERSION = "forge-slo/v1"
@@ -47,8 +48,8 @@ MAX_UNIT_SECONDS = 86400.0
 
 
 
-_SERVICE_FIELDS = {"apiVersion", "kind", "service", "description", "preset", "metrics", "selector", "group_by",
-                   "period", "labels", "alerting", "slos", "gpu"}
+_SERVICE_FIELDS = {"apiVersion", "kind", "service", "description", "preset", "metrics", "buckets", "selector",
+                   "group_by", "period", "labels", "alerting", "slos", "gpu"}
 
 
 def parse_service(doc: Node) -> ServiceSpec:
@@ -58,6 +59,8 @@ def parse_service(doc: Node) -> ServiceSpec:
         items["kind"].fail(f"unsupported kind {kind!r}; expected {KIND!r}")
     service = parse_name(items["service"])
     preset = parse_preset(items.get("preset"), items.get("metrics"))
+    if "buckets" in items:
+        preset = parse_bucket_overrides(items["buckets"], preset)
     period = parse_duration_node(items["period"]) if "period" in items else 30 * 86400.0
     selector = parse_labels(items["selector"], allow_reserved=True) if "selector" in items else {}
     group_by = parse_group_by(items["group_by"]) if "group_by" in items else ()
@@ -65,12 +68,62 @@ def parse_service(doc: Node) -> ServiceSpec:
     description = items["description"].string(non_empty=False) if "description" in items else ""
     page, ticket, min_events, absent_for = parse_alerting(items.get("alerting"), period)
     gpu = parse_gpu(items["gpu"], preset) if "gpu" in items else None
-    slos = parse_slos(items["slos"], preset, page, ticket, gpu)
+    explicit = {severity for severity in (PAGE, TICKET) if _has_windows(items.get("alerting"), severity)}
+    warnings: list[str] = []
+    slos = parse_slos(items["slos"], preset, page, ticket, gpu, explicit=explicit, warnings=warnings)
+    warnings.extend(_ungroupable(slos, group_by, preset))
     return ServiceSpec(
         service=service, preset=preset, period_seconds=period, slos=slos, page=page, ticket=ticket,
         selector=frozen_map(selector), group_by=group_by, labels=frozen_map(labels), min_events=min_events,
         absent_for_seconds=absent_for, description=description, source=doc.file, gpu=gpu,
+        warnings=tuple(f"{doc.file}: {service}: {w}" for w in warnings),
     )
+
+
+def _ungroupable(slos: tuple[SLO, ...], group_by: tuple[str, ...], preset: Preset) -> list[str]:
+    """Availability SLOs whose counters carry none of some group_by labels are computed across them."""
+    out = []
+    for slo in slos:
+        if isinstance(slo.sli, AvailabilitySLI):
+            terms = slo.sli.counters.total
+            missing = [label for label in group_by if all(label in term.lacks for term in terms)]
+            if missing:
+                out.append(f"SLO {slo.name}: {preset.title}'s counters for availability carry no "
+                           f"{', '.join(missing)} label, so this SLO is computed for the whole server, not per "
+                           f"{', '.join(missing)}")
+    return out
+
+
+def _has_windows(alerting: Node | None, severity: str) -> bool:
+    if alerting is None or not isinstance(alerting.value, dict) or severity not in alerting.value:
+        return False
+    policy = alerting.value[severity]
+    return isinstance(policy.value, dict) and "windows" in policy.value
+
+
+def parse_bucket_overrides(node: Node, preset: Preset) -> Preset:
+    """``buckets: {<alias>: [bounds...]}``: the bounds the server was started with, where it lets them change.
+    An override covers the alias's whole bucket family, as the server's own flag does."""
+    families: dict[str, tuple[tuple[float, ...], str]] = {}
+    for alias, entry in node.items():
+        histogram = preset.histograms.get(alias)
+        if histogram is None:
+            Node(None, node.file, entry.line, node.child_path(alias)).fail(
+                f"preset {preset.name!r} has no latency histogram {alias!r}; known: {', '.join(preset.aliases())}")
+        if not histogram.overridable:
+            entry.fail(f"{preset.title} does not let its operator change the bounds of {histogram.metric} "
+                       f"({preset.bucket_note or 'they are fixed'})")
+        bounds = tuple(b.number(minimum=0.0) for b in entry.sequence())
+        if not bounds or list(bounds) != sorted(set(bounds)):
+            entry.fail("list the server's bucket bounds, distinct and ascending (without +Inf)")
+        scaled = tuple(b / histogram.unit_seconds for b in bounds)
+        earlier = families.get(histogram.family)
+        if earlier is not None and earlier[0] != scaled:
+            entry.fail(f"{alias} shares its buckets with {earlier[1]} in {preset.title} (family "
+                       f"{histogram.family!r}): give both the same bounds, as the server has one list for both")
+        families[histogram.family] = (scaled, alias)
+        preset = preset.with_buckets(histogram.family, scaled)
+    return preset
 
 
 def parse_gpu(node: Node, preset: Preset) -> GpuPool:
@@ -255,8 +308,10 @@ def parse_window(node: Node, period: float) -> BurnWindow:
     return BurnWindow(long_s, short_s, factor)
 
 
-def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolicy,
-               gpu: GpuPool | None = None) -> tuple[SLO, ...]:
+def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolicy, gpu: GpuPool | None = None, *,
+               explicit: set[str] | None = None, warnings: list[str] | None = None) -> tuple[SLO, ...]:
+    """The SLOs. ``explicit``: severities whose windows the spec wrote itself (an impossible factor there is
+    an error); default windows that cannot fire for an SLO's objective are lowered, with a warning."""
     entries = node.sequence()
     if not entries:
         node.fail("must list at least one SLO")
@@ -266,14 +321,7 @@ def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolic
         items = entry.mapping({"name", "objective", "sli", "description", "labels", "alert_name"},
                               required=("name", "objective", "sli"))
         name, objective = parse_slo_identity(items, names)
-        budget = 1 - objective / 100
-        for policy in (page, ticket):
-            for window in policy.windows if policy.enabled else ():
-                if window.factor * budget >= 1:
-                    items["objective"].fail(
-                        f"with objective {objective:g}% the {policy.severity} burn rate {window.factor:g}x needs "
-                        f"an error ratio of {window.factor * budget:.0%}, which can never happen; lower the "
-                        "factor or raise the objective")
+        alerting = fit_windows(name, objective, (page, ticket), explicit or set(), items["objective"], warnings)
         slos.append(SLO(
             name=name,
             objective_percent=objective,
@@ -281,8 +329,47 @@ def parse_slos(node: Node, preset: Preset, page: AlertPolicy, ticket: AlertPolic
             description=items["description"].string(non_empty=False) if "description" in items else "",
             labels=frozen_map(parse_labels(items["labels"]) if "labels" in items else {}),
             alert_name=parse_alert_name(items["alert_name"]) if "alert_name" in items else "",
+            alerting=alerting,
         ))
     return tuple(slos)
+
+
+# A factor is lowered to this share of the highest burn rate there is (an error ratio of 100%), so a total
+# outage still fires it while rounding in the rules cannot make it unreachable.
+REACHABLE_SHARE = 0.99
+
+
+def fit_windows(name: str, objective: float, policies: tuple[AlertPolicy, AlertPolicy], explicit: set[str],
+                where: Node, warnings: list[str] | None) -> tuple[AlertPolicy, AlertPolicy] | None:
+    """The SLO's own policies when a factor can never fire for its objective (None: the service's fit).
+
+    A burn rate is at most 1 / budget (every event bad). A factor the spec wrote itself is refused; a
+    default one is lowered to fire at an error ratio of 99%, and the change is reported."""
+    budget = 1 - objective / 100
+    highest = 1 / budget
+    fitted: list[AlertPolicy] = []
+    changed = []
+    for policy in policies:
+        windows = []
+        for window in policy.windows:
+            if policy.enabled and window.factor >= highest * REACHABLE_SHARE:
+                if policy.severity in explicit:
+                    where.fail(f"with objective {objective:g}% the {policy.severity} burn rate {window.factor:g}x "
+                               f"needs an error ratio of {window.factor * budget:.0%}, which can never happen; "
+                               "lower the factor or raise the objective")
+                lowered = round(highest * REACHABLE_SHARE, 4)
+                changed.append(f"{policy.severity} {format_duration(window.long_seconds)}/"
+                               f"{format_duration(window.short_seconds)} {window.factor:g}x -> {lowered:g}x")
+                window = BurnWindow(window.long_seconds, window.short_seconds, lowered)
+            windows.append(window)
+        fitted.append(replace(policy, windows=tuple(windows)))
+    if not changed:
+        return None
+    if warnings is not None:
+        warnings.append(f"SLO {name}: with objective {objective:g}% a burn rate can reach at most {highest:.4g}x, "
+                        f"so the default factors that could never fire are lowered: {'; '.join(changed)} "
+                        "(a total outage still pages)")
+    return fitted[0], fitted[1]
 
 
 def parse_slo_identity(items: dict[str, Node], seen: set[str]) -> tuple[str, float]:
@@ -317,14 +404,34 @@ def parse_sli(node: Node, preset: Preset, gpu: GpuPool | None = None) -> SLI:
     if kind == "latency":
         return parse_latency(body, preset)
     if kind == "availability":
-        if body.value is not None:
-            body.mapping(set())
-        if preset.availability is None:
-            body.fail(f"preset {preset.name!r} has no availability counters; use a 'ratio' SLI with your own queries")
-        return AvailabilitySLI(preset.availability)
+        return parse_availability(body, preset)
     if kind == "gauge":
         return parse_gauge(body, gpu)
     return parse_ratio(body)
+
+
+_COUNT_OR_IGNORE = ("count", "ignore")
+
+
+def parse_availability(node: Node, preset: Preset) -> AvailabilitySLI:
+    """``availability: {load_shedding: count|ignore, cancellations: count|ignore}``: whether requests shed
+    under load and requests cancelled by their client count as failures (default: shedding counts,
+    cancellations are ignored); ignored ones are left out of both sides of the ratio."""
+    items = node.mapping({"load_shedding", "cancellations"}) if node.value is not None else {}
+    outcomes = preset.outcomes
+    if outcomes is None:
+        node.fail(f"preset {preset.name!r} has no availability counters; use a 'ratio' SLI with your own queries")
+    policy = AvailabilityPolicy(
+        count_shed=items["load_shedding"].choice(_COUNT_OR_IGNORE) == "count" if "load_shedding" in items else True,
+        count_cancelled=items["cancellations"].choice(_COUNT_OR_IGNORE) == "count" if "cancellations" in items
+        else False,
+    )
+    problem = outcomes.unsupported(policy)
+    if problem:
+        field = "cancellations" if policy.count_cancelled and outcomes.cancelled is None else "load_shedding"
+        items[field].fail(f"{preset.title} cannot do this: {problem} ({outcomes.notes})")
+    errors, total = outcomes.terms(policy)
+    return AvailabilitySLI(Availability(errors, total, outcomes, policy))
 
 
 GOOD_WHEN = (">=", ">", "<=", "<")
@@ -359,6 +466,10 @@ def parse_latency(node: Node, preset: Preset) -> LatencySLI:
     histogram = preset.histogram(alias)
     if histogram is None:
         known = ", ".join(preset.aliases()) or "none (declare them under 'metrics')"
+        quantity = QUANTITIES.get(alias)
+        if quantity is not None and preset.name != "custom":
+            items["metric"].fail(f"{preset.title} exports no histogram of {quantity.title} ({quantity.meaning}); "
+                                 f"its latency histograms: {known}")
         items["metric"].fail(f"unknown metric {alias!r} for preset {preset.name!r}; known: {known}")
     threshold = items["threshold"].number()
     if threshold <= 0:
