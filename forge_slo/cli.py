@@ -10,6 +10,7 @@ from pathlib import Path
 
 from forge_slo import __version__
 from forge_slo.compile.pipeline import PRODUCERS, compile_specs, formats
+from forge_slo.durations import duration_flag
 from forge_slo.runtime.exits import run
 
 EPILOG = ("Exit codes: 0 success, 1 failure (stale output, an SLO missed, a canary failed, a runner error), "
@@ -72,8 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scrape", nargs="+", required=True, metavar="HOST:PORT", help="targets to scrape")
     p.add_argument("--rules", required=True, metavar="DIR", type=Path,
                    help="the --out directory of forge-slo compile (or a directory of *.rules.yaml)")
-    p.add_argument("--scrape-interval", default="15s", metavar="DURATION", help="default 15s")
-    p.add_argument("--evaluation-interval", metavar="DURATION", help="rule evaluation interval (default: as scrape)")
+    p.add_argument("--scrape-interval", type=duration_flag(), default=15.0, metavar="DURATION",
+                   help="e.g. 5s, 2.5s (default 15s)")
+    p.add_argument("--evaluation-interval", type=duration_flag(), metavar="DURATION",
+                   help="rule evaluation interval (default: as scrape)")
     p.add_argument("--job", default="forge-slo", help="job label of the targets (default forge-slo)")
     p.add_argument("--out", "-o", type=Path, metavar="FILE", help="write here instead of standard output")
     p.set_defaults(func=cmd_prometheus_config)
@@ -168,8 +171,8 @@ def cmd_prometheus_config(args: argparse.Namespace) -> int:
     from forge_slo.compile import yamlout
     from forge_slo.compile.prometheus_config import prometheus_config, rule_files_in
 
-    config = prometheus_config(args.scrape, rule_files_in(args.rules), scrape_interval=args.scrape_interval,
-                               evaluation_interval=args.evaluation_interval, job=args.job)
+    config = prometheus_config(args.scrape, rule_files_in(args.rules), scrape_interval_s=args.scrape_interval,
+                               evaluation_interval_s=args.evaluation_interval, job=args.job)
     text = yamlout.dump(config, "Written by forge-slo prometheus-config.")
     if args.out is None:
         sys.stdout.write(text)
