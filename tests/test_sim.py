@@ -1130,3 +1130,17 @@ def test_stacked_latency_faults_stay_bounded_and_never_stall_other_models() -> N
     [bounds], status, text = _run(go())
     assert status == 200 and "[DONE]" in text, text
     assert 0 <= bounds["ttft_multiplier"] <= MAX_MULTIPLIER and 0 <= bounds["ttft_add_s"] <= MAX_DELAY_S
+
+
+def test_own_session_keeps_a_terminal_ctrl_c_away_from_the_simulator(tmp_path: Path) -> None:
+    """own_session: the simulator is outside the caller's process group, so the terminal's SIGINT reaches only
+    the caller (which stops it in its own time); its log stays in the caller's file after stop."""
+    import os
+
+    log = tmp_path / "sim.log"
+    with SimProcess(own_session=True, log_path=log) as alone, SimProcess() as shared:
+        assert os.getsid(alone.pid) == alone.pid and os.getpgid(alone.pid) != os.getpgid(0)
+        assert os.getpgid(shared.pid) == os.getpgid(0)
+        assert _get(f"{alone.url}/health").status_code == 200
+    assert alone.returncode == 0 and alone.proc is None
+    assert log.read_text() == alone.log_text() and "first-token scheduling lag" in log.read_text()
