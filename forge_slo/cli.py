@@ -13,6 +13,7 @@ from typing import Any
 
 from forge_slo import __version__
 from forge_slo.compile.pipeline import PRODUCERS, compile_specs, formats
+from forge_slo.durations import duration_flag
 from forge_slo.runtime.exits import run
 from forge_slo.spec.model import ServiceSpec
 
@@ -99,6 +100,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="write nothing; exit 1 if DIR differs from what the specs compile to (for CI)")
     p.set_defaults(func=cmd_compile, skip=[])
 
+    p = sub.add_parser("prometheus-config", help="write a Prometheus config that scrapes targets and loads rules",
+                       description="Write a prometheus.yml that scrapes the given targets and loads the rule files "
+                                   "forge-slo compiled, e.g. to run the simulator, Prometheus and the SLO rules "
+                                   "together.", epilog=EPILOG)
+    p.add_argument("--scrape", nargs="+", required=True, metavar="HOST:PORT", help="targets to scrape")
+    p.add_argument("--rules", required=True, metavar="DIR", type=Path,
+                   help="the --out directory of forge-slo compile (or a directory of *.rules.yaml)")
+    p.add_argument("--scrape-interval", type=duration_flag(), default=15.0, metavar="DURATION",
+                   help="e.g. 5s, 2.5s (default 15s)")
+    p.add_argument("--evaluation-interval", type=duration_flag(), metavar="DURATION",
+                   help="rule evaluation interval (default: as scrape)")
+    p.add_argument("--job", default="forge-slo", help="job label of the targets (default forge-slo)")
+    p.add_argument("--out", "-o", type=Path, metavar="FILE", help="write here instead of standard output")
+    p.set_defaults(func=cmd_prometheus_config)
+
     for command in RUNNER_COMMANDS:
         command.add_to(sub)
     return parser
@@ -162,8 +178,8 @@ def cmd_prometheus_config(args: argparse.Namespace) -> int:
     from forge_slo.compile import yamlout
     from forge_slo.compile.prometheus_config import prometheus_config, rule_files_in
 
-    config = prometheus_config(args.scrape, rule_files_in(args.rules), scrape_interval=args.scrape_interval,
-                               evaluation_interval=args.evaluation_interval, job=args.job)
+    config = prometheus_config(args.scrape, rule_files_in(args.rules), scrape_interval_s=args.scrape_interval,
+                               evaluation_interval_s=args.evaluation_interval, job=args.job)
     text = yamlout.dump(config, "Written by forge-slo prometheus-config.")
     if args.out is None:
         sys.stdout.write(text)

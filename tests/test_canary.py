@@ -340,7 +340,7 @@ def start_gate(tmp: Path, spec_file: Path, prometheus: str, *flags: str) -> Gate
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "forge_slo.canary", "gate", "serve", "--spec", str(spec_file), "--prometheus",
-             prometheus, "--port", "0", "--ready-file", str(ready), "--prometheus-timeout", "3", *flags],
+             prometheus, "--port", "0", "--ready-file", str(ready), "--prometheus-timeout", "3s", *flags],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "FORGE_SLO_GATE_TOKEN": TOKEN})
     deadline = time.monotonic() + 30
@@ -555,7 +555,7 @@ def test_200_concurrent_looks_with_prometheus_hung_are_inconclusive_within_secon
     """Looks do not queue behind a few threads: with each Prometheus call bounded at 1 s, all 200 concurrent looks
     answer inconclusive in a few seconds (before: six at a time, over 30 s for the last)."""
     with hung_prometheus() as prometheus:
-        gate = start_gate(tmp_path, spec_file, prometheus, "--prometheus-timeout", "1")
+        gate = start_gate(tmp_path, spec_file, prometheus, "--prometheus-timeout", "1s")
         try:
             answers = asyncio.run(_looks(gate.url, 200))
         finally:
@@ -570,7 +570,7 @@ def test_200_concurrent_looks_with_prometheus_hung_are_inconclusive_within_secon
 def test_sigterm_stops_the_gate_under_20_looks_with_prometheus_hung(tmp_path: Path, spec_file: Path) -> None:
     """SIGTERM while 20 Argo and Flagger looks wait on a hung Prometheus: exit 0 promptly, no process left."""
     with hung_prometheus() as prometheus:
-        gate = start_gate(tmp_path, spec_file, prometheus, "--prometheus-timeout", "30", "--look-timeout", "60s")
+        gate = start_gate(tmp_path, spec_file, prometheus, "--prometheus-timeout", "30s", "--look-timeout", "60s")
         stop = threading.Event()
         sent = [0] * 20
 

@@ -37,7 +37,7 @@ from forge_slo.chaos.lab import Lab, start_lab
 from forge_slo.chaos.network import actions as net_actions
 from forge_slo.chaos.network.actions import netem_support, netns_support
 from forge_slo.chaos.process import actions as proc_actions
-from forge_slo.chaos.report import Line, Plot, render_markdown, svg_chart
+from forge_slo.chaos.report import Line, Plot, plot_svg, render_markdown
 from forge_slo.chaos.schedule import ScheduleOptions, on_calendar, parse_cron, schedule_files
 from forge_slo.chaos.slo import probes as slo_probes
 from forge_slo.errors import RunnerError, SourceError, UsageError
@@ -414,6 +414,41 @@ def test_gameday_bad_input(tmp_path: Path) -> None:
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
+def test_gameday_env_sets_the_configuration_chaos_toolkit_loads(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A game-day file's env, and --env over it, reach the experiments' configuration: the game day reads it
+    with Chaos Toolkit's own loader (env_var_type included) and ``chaos run`` sees the same values."""
+    from forge_slo.chaos.gameday import run_gameday
+
+    for key in ("FORGE_SLO_TEST_SERVICE", "FORGE_SLO_TEST_REPLICAS", "FORGE_SLO_TEST_UNSET"):
+        monkeypatch.delenv(key, raising=False)
+    echo = tmp_path / "echo-args"
+    echo.write_text('#!/bin/sh\necho "$@"\n')
+    echo.chmod(0o755)
+    configuration = {"service": {"type": "env", "key": "FORGE_SLO_TEST_SERVICE", "default": "default-svc"},
+                     "replicas": {"type": "env", "key": "FORGE_SLO_TEST_REPLICAS", "env_var_type": "int"},
+                     "label": "static"}
+    probe = {"type": "probe", "name": "echo", "provider": {
+        "type": "process", "path": str(echo), "arguments": {"service": "${service}", "slo": "availability"}}}
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    for name, config in (("configured", configuration),
+                         ("unset", {"needed": {"type": "env", "key": "FORGE_SLO_TEST_UNSET"}})):
+        (experiments / f"{name}.json").write_text(json.dumps(
+            {"version": "1.0.0", "title": name, "description": "test", "configuration": config, "method": [probe]}))
+    day = tmp_path / "day.yaml"
+    day.write_text("kind: GameDay\nexperiments: [experiments/]\n"
+                   "env: {FORGE_SLO_TEST_SERVICE: from-file, FORGE_SLO_TEST_REPLICAS: 2}\n")
+    result = run_gameday([day], tmp_path / "report", env={"FORGE_SLO_TEST_REPLICAS": "3"})
+    configured, unset = sorted(result.experiments, key=lambda e: e.name)
+    assert configured.configuration == {"service": "from-file", "replicas": 3, "label": "static"}
+    assert configured.slos == [("from-file", "availability")]
+    assert configured.outcome == OK, configured.reason
+    assert "from-file" in configured.method[0].output["stdout"].split()  # what chaos run substituted
+    assert unset.outcome == "failed"
+    assert any(n.startswith("unset: ") and "FORGE_SLO_TEST_UNSET" in n for n in result.notes), result.notes
+
+
 HOSTILE_GAMEDAYS = [
     ("lists itself", "day.yaml", b"kind: GameDay\nexperiments: [day.yaml]\n",
      "game-day files list each other in a loop"),
@@ -598,13 +633,15 @@ def test_judge_reads_expectations_from_the_extension() -> None:
     assert "| x | ok | met | met | - | page 12.0s | 1/1 succeeded | 30s |" in md and "FAILED" in md
 
 
-def test_svg_chart_is_standalone_svg() -> None:
+def test_plot_svg_is_standalone_svg() -> None:
     plot = Plot("burn <rate>", (Line("5s", ((0, 0), (1, 20.0), (2, 3.5))), Line("empty", ())), ((0.5, "outage"),))
-    root = ET.fromstring(svg_chart(plot))
+    root = ET.fromstring(plot_svg(plot))
     assert root.tag.endswith("svg") and root.get("viewBox")
     ns = "{http://www.w3.org/2000/svg}"
-    assert len(root.findall(f"{ns}polyline")) == 2 and "burn <rate>" in "".join(root.itertext())
-    ET.fromstring(svg_chart(Plot("nothing", ())))
+    text = "".join(root.itertext())
+    assert len(root.findall(f"{ns}polyline")) == 1 and "burn <rate>" in text
+    assert "outage" in text and "empty (no data)" in text  # the action is marked; an empty series is named
+    assert "no data" in "".join(ET.fromstring(plot_svg(Plot("nothing", ()))).itertext())
 
 
 @pytest.mark.parametrize(("cron", "calendar"), [

@@ -4,6 +4,7 @@ dashboards compiled from a spec with short windows, bounded traffic, and an outa
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prom_fixture import PrometheusHandle, start_prometheus
 
 from forge_slo import conventions as cv
@@ -211,3 +213,24 @@ def test_every_dashboard_panel_returns_data(stack: tuple[SimProcess, PrometheusH
                     empty.append(f"{name}: {title}: {expr}")
     unexpected = [e for e in empty if not any(key in e for key in EMPTY_OK)]
     assert unexpected == [], "\n".join(unexpected)
+
+
+def test_prometheus_config_with_decimal_intervals_loads_in_prometheus(tmp_path: Path, promtool: str) -> None:
+    """Durations allow decimals (2.5s); Prometheus does not, so the configuration spells them its way."""
+    from tests.conftest import run_cli
+
+    spec = tmp_path / "e2e.yaml"
+    spec.write_text(SPEC)
+    assert run_cli("compile", str(spec), "--out", str(tmp_path / "out")).returncode == 0
+    out = tmp_path / "prometheus.yml"
+    made = run_cli("prometheus-config", "--scrape", "127.0.0.1:8000", "--rules", str(tmp_path / "out"),
+                   "--scrape-interval", "2.5s", "--evaluation-interval", "1m30s", "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    check = subprocess.run([promtool, "check", "config", str(out)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert yaml.safe_load(out.read_text())["global"] == {
+        "scrape_interval": "2s500ms", "evaluation_interval": "1m30s", "scrape_timeout": "2s500ms"}
+    bare = run_cli("prometheus-config", "--scrape", "127.0.0.1:8000", "--rules", str(tmp_path / "out"),
+                   "--scrape-interval", "15")
+    assert bare.returncode == 2 and "--scrape-interval" in bare.stderr and "add a unit" in bare.stderr
+    assert "Traceback" not in bare.stderr

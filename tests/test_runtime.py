@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 
 import pytest
@@ -74,3 +75,52 @@ def test_json_bodies_nested_too_deeply_are_refused_without_recursion() -> None:
         parse_json(b'"\xff"')
     with pytest.raises(BodyError, match="not JSON"):
         parse_json(b"{nope")
+
+
+GATE = ["gate", "serve", "--spec", "s.yaml", "--prometheus", "http://127.0.0.1:9"]
+CANARY = ["canary", "--spec", "s.yaml"]
+# Every duration flag outside the load test (its flags are tested with it): (parser, argv before, flag, dest).
+DURATION_FLAGS = [
+    ("cli", ["simulate"], "--read-timeout", "read_timeout"),
+    ("cli", ["gpu-exporter"], "--interval", "interval"),
+    ("cli", ["gpu-exporter"], "--read-timeout", "read_timeout"),
+    ("cli", CANARY, "--prometheus-timeout", "prometheus_timeout"),
+    ("cli", CANARY, "--window", "window"),
+    ("cli", CANARY, "--interval", "interval"),
+    ("cli", GATE, "--prometheus-timeout", "prometheus_timeout"),
+    ("cli", GATE, "--look-timeout", "look_timeout"),
+    ("cli", GATE, "--read-timeout", "read_timeout"),
+    ("cli", GATE, "--window", "window"),
+    ("cli", GATE, "--interval", "interval"),
+    ("cli", ["gameday", "run", "x.json", "--report", "r"], "--timeout", "timeout"),
+    ("cli", ["prometheus-config", "--scrape", "h:1", "--rules", "r"], "--scrape-interval", "scrape_interval"),
+    ("cli", ["prometheus-config", "--scrape", "h:1", "--rules", "r"], "--evaluation-interval", "evaluation_interval"),
+    ("train", ["watch"], "--stall-after", "stall_after"),
+    ("chaos", ["lab"], "--duration", "duration"),
+]
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    if name == "train":
+        from forge_slo.train.__main__ import build_parser as train_parser
+
+        return train_parser()
+    if name == "chaos":
+        from forge_slo.chaos.__main__ import build_parser as chaos_parser
+
+        return chaos_parser()
+    from forge_slo.cli import _parser as cli_parser
+
+    return cli_parser()
+
+
+@pytest.mark.parametrize(("parser", "before", "flag", "dest"), DURATION_FLAGS,
+                         ids=[f"{p}:{b[0]}{' ' + b[1] if b[0] == 'gate' else ''} {f}" for p, b, f, _ in DURATION_FLAGS])
+def test_every_duration_flag_takes_one_syntax_and_refuses_bare_numbers(
+        parser: str, before: list[str], flag: str, dest: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert getattr(_parser(parser).parse_args([*before, flag, "2.5s"]), dest) == 2.5
+    assert getattr(_parser(parser).parse_args([*before, flag, "1m30s"]), dest) == 90.0
+    with pytest.raises(SystemExit) as exited:
+        _parser(parser).parse_args([*before, flag, "3"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"argument {flag}" in err and "add a unit" in err, err

@@ -1096,3 +1096,51 @@ def test_sigterm_stops_the_simulator_under_20_streams() -> None:
     assert code == 0 and elapsed < 6
     assert "Traceback" not in sim.last_log
     assert not Path(f"/proc/{proc.pid}").exists()
+
+
+def test_stacked_latency_faults_stay_bounded_and_never_stall_other_models() -> None:
+    """110 faults of 1000x each, then one of 0x: the product overflowed to inf (and inf x 0 to NaN), which froze
+    the token clock of every model. Stacked faults slow a model at most as much as one fault may."""
+    from forge_slo.sim.config import MAX_DELAY_S, MAX_MULTIPLIER
+
+    config = parse_sim_config({"admin_token": TOKEN, "models": [_model("slowed", prefill_base_s=0.001, itl_s=0.001),
+                                                               _model("other", prefill_base_s=0.001, itl_s=0.001)]})
+
+    async def go() -> tuple[list[dict[str, Any]], int, str]:
+        async with SimServer(config) as server, aiohttp.ClientSession(headers=AUTH) as session:
+            faults = [{"kind": "latency", "model": "slowed", "ttft_multiplier": 1000, "itl_multiplier": 1000,
+                       "ttft_add_s": MAX_DELAY_S}] * 110
+            for fault in [*faults, {"kind": "latency", "model": "slowed", "ttft_multiplier": 0, "itl_multiplier": 0}]:
+                async with session.post(f"{server.url}/admin/faults", json=fault) as r:
+                    assert r.status == 201, await r.text()
+            mods = server.engines["slowed"].mods
+            bounds = [{"ttft_multiplier": mods.ttft_multiplier, "ttft_add_s": mods.ttft_add_s}]
+            slowed = asyncio.create_task(session.post(f"{server.url}/v1/completions",
+                                                      json={"model": "slowed", "prompt": "x", "max_tokens": 2}))
+            await asyncio.sleep(0.3)  # the slowed request is queued on its engine
+            body = {"model": "other", "prompt": "x", "max_tokens": 2, "stream": True}
+            try:
+                async with asyncio.timeout(20), session.post(f"{server.url}/v1/completions", json=body) as r:
+                    return bounds, r.status, await r.text()
+            except TimeoutError:
+                return bounds, 0, "no answer within 20 s"
+            finally:
+                slowed.cancel()
+
+    [bounds], status, text = _run(go())
+    assert status == 200 and "[DONE]" in text, text
+    assert 0 <= bounds["ttft_multiplier"] <= MAX_MULTIPLIER and 0 <= bounds["ttft_add_s"] <= MAX_DELAY_S
+
+
+def test_own_session_keeps_a_terminal_ctrl_c_away_from_the_simulator(tmp_path: Path) -> None:
+    """own_session: the simulator is outside the caller's process group, so the terminal's SIGINT reaches only
+    the caller (which stops it in its own time); its log stays in the caller's file after stop."""
+    import os
+
+    log = tmp_path / "sim.log"
+    with SimProcess(own_session=True, log_path=log) as alone, SimProcess() as shared:
+        assert os.getsid(alone.pid) == alone.pid and os.getpgid(alone.pid) != os.getpgid(0)
+        assert os.getpgid(shared.pid) == os.getpgid(0)
+        assert _get(f"{alone.url}/health").status_code == 200
+    assert alone.returncode == 0 and alone.proc is None
+    assert log.read_text() == alone.log_text() and "first-token scheduling lag" in log.read_text()

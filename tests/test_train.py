@@ -98,6 +98,7 @@ def test_bad_input_gets_clear_messages_not_tracebacks(tmp_path: Path) -> None:
         (["launch", "--state-dir", str(tmp_path), "--", "--no-such-flag"], "unrecognized arguments"),
         (["launch", "--state-dir", str(tmp_path), "--netns", "bad name!"], "network namespace name"),
         (["watch", "--nproc", "0"], "--nproc"),
+        (["watch", "--stall-after", "10"], "add a unit"),
     ]
     for args, message in cases:
         proc = run_train(*args)
@@ -116,7 +117,7 @@ def test_bad_input_gets_clear_messages_not_tracebacks(tmp_path: Path) -> None:
 @pytest.fixture
 def job(tmp_path: Path) -> Iterator[Path]:
     """2 gloo ranks; rank 1's local work 6x slower than rank 0's (a straggler the others wait for)."""
-    from forge_slo.chaos.lab import free_port_range
+    from forge_slo.runtime.process import free_port_range
 
     state = tmp_path / "job"
     options = JobOptions(state, 2, "127.0.0.1", free_port_range(2), None,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forge_slo.durations import format_duration, parse_duration
+from forge_slo.durations import duration_flag, format_duration
 from forge_slo.errors import SourceError, UsageError
 from forge_slo.runtime.serving import READ_TIMEOUT_S
 
@@ -45,13 +45,6 @@ MAX_LOOKS = 10_000
 
 
 # ------------------------------------------------------------------------------------------------ parsing
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
 
 def _probability(text: str) -> float:
     try:
@@ -186,17 +179,17 @@ def build_canary_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     src.add_argument("--baseline", metavar="SELECTOR",
                      help="label matchers of the baseline's series, e.g. deployment=baseline,namespace=prod")
     src.add_argument("--canary", metavar="SELECTOR", help="label matchers of the canary's series")
-    src.add_argument("--prometheus-timeout", type=_positive, default=10.0, metavar="SECONDS",
-                     help="timeout of each Prometheus query (default 10)")
+    src.add_argument("--prometheus-timeout", type=duration_flag(), default=10.0, metavar="DURATION",
+                     help="timeout of each Prometheus query, e.g. 10s, 2.5s (default 10s)")
     src.add_argument("--baseline-records", metavar="FILE",
                      help="JSONL load-test records of the baseline (records whose arm is set and is not "
                           "'baseline' are left out)")
     src.add_argument("--canary-records", metavar="FILE", help="JSONL load-test records of the canary")
     run = parser.add_argument_group("analysis")
-    run.add_argument("--window", type=_duration, metavar="DURATION",
+    run.add_argument("--window", type=duration_flag(), metavar="DURATION",
                      help="analysis window: Prometheus reads the last WINDOW (default 30m); records keep the "
                           "first WINDOW from their first request (default: all)")
-    run.add_argument("--interval", type=_duration, metavar="DURATION",
+    run.add_argument("--interval", type=duration_flag(), metavar="DURATION",
                      help="continuous mode: look every INTERVAL until a verdict or the end of the window "
                           "(Prometheus: from now on; records: replayed by their timestamps)")
     run.add_argument("--json", action="store_true", help="print the verdict as JSON")
@@ -363,12 +356,13 @@ def build_gate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     serve.add_argument("--spec", required=True, action="append", metavar="FILE",
                        help="spec file or directory (repeatable); requests name a service of these specs")
     serve.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus base URL")
-    serve.add_argument("--prometheus-timeout", type=_positive, default=5.0, metavar="SECONDS",
-                       help="timeout of each Prometheus query (default 5; never more than the look's time left)")
-    serve.add_argument("--look-timeout", type=_duration, default=None, metavar="DURATION",
+    serve.add_argument("--prometheus-timeout", type=duration_flag(), default=5.0, metavar="DURATION",
+                       help="timeout of each Prometheus query, e.g. 5s, 500ms (default 5s; never more than the "
+                            "look's time left)")
+    serve.add_argument("--look-timeout", type=duration_flag(), default=None, metavar="DURATION",
                        help="the most one look may spend reading Prometheus before it answers inconclusive "
                             "(default 8s, under the 10 s Argo Rollouts' web provider waits by default)")
-    serve.add_argument("--read-timeout", type=_duration, default=READ_TIMEOUT_S, metavar="DURATION",
+    serve.add_argument("--read-timeout", type=duration_flag(), default=READ_TIMEOUT_S, metavar="DURATION",
                        help="close a connection whose request line and headers, or body, do not arrive within "
                             f"this time; also the keep-alive idle limit (default {READ_TIMEOUT_S:g}s)")
     serve.add_argument("--host", default="127.0.0.1",
@@ -379,9 +373,9 @@ def build_gate_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     serve.add_argument("--token-file", metavar="FILE", help="read the bearer token from this file")
     serve.add_argument("--insecure-no-auth", action="store_true",
                        help="serve without a token (only on a loopback address: nobody else can reach it)")
-    serve.add_argument("--window", type=_duration, default=DEFAULT_WINDOW_S, metavar="DURATION",
+    serve.add_argument("--window", type=duration_flag(), default=DEFAULT_WINDOW_S, metavar="DURATION",
                        help="default analysis window of a request (default 30m)")
-    serve.add_argument("--interval", type=_duration, default=DEFAULT_INTERVAL_S, metavar="DURATION",
+    serve.add_argument("--interval", type=duration_flag(), default=DEFAULT_INTERVAL_S, metavar="DURATION",
                        help="default interval between a caller's looks (default 1m); the analysis is complete "
                             "at the first look at or after window - interval")
     serve.add_argument("--ready-file", metavar="FILE",

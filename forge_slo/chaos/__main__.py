@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from forge_slo.chaos.command import DESCRIPTION, EPILOG, build_gameday_parser, gameday_from_args
+from forge_slo.durations import duration_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--specs", default="experiments/specs", help="specs to compile (default experiments/specs)")
     lab.add_argument("--fleet", default="experiments/fleets/chaos-xid79.yaml", help="fake GPU fleet")
     lab.add_argument("--dir", default="", help="working directory (default: a new one under /tmp)")
-    lab.add_argument("--duration", type=float, default=1800.0, help="stop after this many seconds (default 1800)")
+    lab.add_argument("--duration", type=duration_flag(maximum=86400.0), default=1800.0, metavar="DURATION",
+                     help="stop after this long, e.g. 10m, 1h (default 30m, at most 1d)")
     lab.add_argument("--prometheus-bin", default="")
     return parser
 
@@ -48,10 +50,7 @@ def run_lab(args: argparse.Namespace) -> int:
     import tempfile
 
     from forge_slo.chaos.lab import start_lab
-    from forge_slo.errors import UsageError
 
-    if not 0 < args.duration <= 86400:
-        raise UsageError("--duration: seconds above 0 and at most a day")
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="forge-slo-lab-"))
     lab = start_lab(workdir, specs=[Path(args.specs)], fleet=Path(args.fleet), prometheus_bin=args.prometheus_bin,
                     max_duration_s=args.duration)

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from forge_slo.durations import duration_flag
 from forge_slo.errors import UsageError
 from forge_slo.runtime.text import table
 
@@ -48,7 +49,7 @@ def build_gameday_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                      help="Prometheus for the report's budgets and plots (default $FORGE_SLO_PROMETHEUS_URL)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                      help="environment variable for the experiments (repeatable)")
-    run.add_argument("--timeout", default="15m", metavar="DURATION",
+    run.add_argument("--timeout", type=duration_flag(), default=900.0, metavar="DURATION",
                      help="per experiment; then it is interrupted (its rollbacks still run). Default 15m")
     run.add_argument("--rollback-strategy", default="always", choices=("always", "default", "deviated", "never"),
                      help="Chaos Toolkit's rollback strategy (default always: after failures and Ctrl-C too)")
@@ -104,13 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     from forge_slo.chaos.gameday import RunOptions, run_gameday
     from forge_slo.chaos.report import SUMMARY_COLUMNS, summary_rows, write_report
     from forge_slo.chaos.schedule import parse_env
-    from forge_slo.durations import parse_duration
 
     env = parse_env(args.env)
-    try:
-        timeout_s = parse_duration(args.timeout)
-    except ValueError as exc:
-        raise UsageError(f"--timeout: {exc}") from None
     settings = Path(args.chaos_settings) if args.chaos_settings else None
     if settings is not None and not settings.is_file():
         raise UsageError(f"--chaos-settings: {settings}: no such file")
@@ -132,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
             lab = start_lab(report / "lab", specs=[specs], fleet=fleet, prometheus_bin=args.prometheus_bin)
             env = {**lab.env(), **env}
             _print(f"lab   ready in {time.monotonic() - started:.0f}s: Prometheus {lab.prometheus_url}")
-        options = RunOptions(rollback_strategy=args.rollback_strategy, timeout_s=timeout_s, settings=settings)
+        options = RunOptions(rollback_strategy=args.rollback_strategy, timeout_s=args.timeout, settings=settings)
         result = run_gameday(args.paths, report, env=env, options=options,
                              prometheus_url=args.prometheus_url or env.get("FORGE_SLO_PROMETHEUS_URL", ""),
                              progress=_print)

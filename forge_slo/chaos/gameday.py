@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from forge_slo.chaos.configuration import resolve, substitute
 from forge_slo.errors import RunnerError, UsageError
+from forge_slo.runtime.process import Child, child_env, python_module, stop_process
 from forge_slo.spec.yamlnode import Node, describe, from_data, load_file, read_bytes
 
 EXPERIMENT_SUFFIXES = (".json", ".yaml", ".yml")
@@ -219,30 +220,6 @@ def extension(experiment: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def resolve_configuration(experiment: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """The experiment's configuration as Chaos Toolkit resolves it (env entries read from ``env``)."""
-    out: dict[str, Any] = {}
-    for key, value in (experiment.get("configuration") or {}).items():
-        if isinstance(value, dict) and value.get("type") == "env":
-            out[key] = env.get(str(value.get("key")), value.get("default"))
-        else:
-            out[key] = value
-    return out
-
-
-def substitute(value: Any, configuration: Mapping[str, Any]) -> Any:
-    if isinstance(value, str):
-        whole = re.fullmatch(r"\$\{(\w+)\}", value)
-        if whole and whole.group(1) in configuration:
-            return configuration[whole.group(1)]
-        return re.sub(r"\$\{(\w+)\}", lambda m: str(configuration.get(m.group(1), m.group(0))), value)
-    if isinstance(value, dict):
-        return {k: substitute(v, configuration) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, configuration) for v in value]
-    return value
-
-
 def slos_of(experiment: Mapping[str, Any], configuration: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Every (service, slo) an activity or control of the experiment names."""
     found: list[tuple[str, str]] = []
@@ -314,38 +291,33 @@ class RunOptions:
 
 def run_chaos(experiment: Path, journal: Path, log: Path, env: Mapping[str, str], options: RunOptions,
               stop_requested: Callable[[], bool] = lambda: False) -> int:
-    """``chaos run`` one experiment in its own process group; SIGINT on timeout or when ``stop_requested``,
-    so Chaos Toolkit interrupts the method and still plays the rollbacks. Returns its exit code."""
-    cmd = [sys.executable, "-m", "chaostoolkit", "--log-file", str(log.with_suffix(".debug.log"))]
+    """``chaos run`` one experiment in its own session; SIGINT on timeout or when ``stop_requested``, so Chaos
+    Toolkit interrupts the method and still plays the rollbacks (then SIGTERM and SIGKILL after
+    ``grace_s``). Returns its exit code."""
+    args = ["--log-file", str(log.with_suffix(".debug.log"))]
     if options.settings is not None:
-        cmd += ["--settings", str(options.settings)]
-    cmd += ["run", "--journal-path", str(journal), "--rollback-strategy", options.rollback_strategy, str(experiment)]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=dict(env), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        deadline = time.monotonic() + options.timeout_s
-        signalled_at: float | None = None
-        try:
-            while True:
+        args += ["--settings", str(options.settings)]
+    args += ["run", "--journal-path", str(journal), "--rollback-strategy", options.rollback_strategy, str(experiment)]
+    child = Child("chaos run", python_module("chaostoolkit", *args), log_path=log, env=child_env(base=env),
+                  own_session=True)
+    child.start()
+    assert child.proc is not None
+    deadline = time.monotonic() + options.timeout_s
+    try:
+        while True:
+            try:
+                return child.proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() > deadline or stop_requested():
+                child.proc.send_signal(signal.SIGINT)  # Chaos Toolkit: interrupted, rollbacks still play
                 try:
-                    return proc.wait(timeout=0.2)
+                    return child.proc.wait(timeout=options.grace_s)
                 except subprocess.TimeoutExpired:
-                    pass
-                now = time.monotonic()
-                if signalled_at is None and (now > deadline or stop_requested()):
-                    proc.send_signal(signal.SIGINT)  # Chaos Toolkit: interrupted, rollbacks still play
-                    signalled_at = now
-                elif signalled_at is not None and now > signalled_at + options.grace_s:
-                    proc.terminate()
-                    try:
-                        return proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        return proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
+                    return stop_process(child.proc)
+    finally:
+        if child.running():
+            stop_process(child.proc, 10.0, signal.SIGKILL)
 
 
 def judge(result: ExperimentResult, journal: Mapping[str, Any]) -> None:
@@ -472,6 +444,7 @@ def run_gameday(paths: Sequence[str | Path], report_dir: Path, *, env: Mapping[s
     files, file_env = collect(paths)
     run_env = {**os.environ, **file_env, **(env or {})}
     experiments = [(path, load_experiment(path)) for path in files]
+    configurations = resolve([e.get("configuration") or {} for _, e in experiments], run_env)
     for sub in ("journals", "logs"):
         (report_dir / sub).mkdir(parents=True, exist_ok=True)
     result = GamedayResult(time.time(), prometheus_url=prometheus_url or run_env.get("FORGE_SLO_PROMETHEUS_URL", ""))
@@ -483,10 +456,12 @@ def run_gameday(paths: Sequence[str | Path], report_dir: Path, *, env: Mapping[s
 
     old = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
-        for path, experiment in experiments:
+        for (path, experiment), resolved in zip(experiments, configurations, strict=True):
             name = safe_name(path)
             ext = extension(experiment)
-            configuration = resolve_configuration(experiment, run_env)
+            configuration = resolved if isinstance(resolved, dict) else {}
+            if isinstance(resolved, str):
+                result.notes.append(f"{name}: its configuration cannot be loaded: {resolved}")
             res = ExperimentResult(path, name, str(experiment.get("title", name)), extension=ext,
                                    configuration=configuration, slos=slos_of(experiment, configuration))
             result.experiments.append(res)

@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import yaml
 
 from forge_slo import conventions as cv
 from forge_slo.errors import RunnerError
+from forge_slo.runtime.process import LOOPBACK, Child, free_port, free_port_range, python_module
+from forge_slo.sim import SimProcess
 
 SIM_MODEL = "sim-llama"
 SIM_CONFIG: dict[str, Any] = {
@@ -42,27 +41,15 @@ SIM_CONFIG: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class _Part(Protocol):
+    """A child process of the lab: the simulator (SimProcess) or a plain Child."""
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None: ...
 
-def free_port_range(count: int, attempts: int = 50) -> int:
-    """A base port with ``count`` consecutive free ports above it."""
-    for _ in range(attempts):
-        base = free_port()
-        if base + count >= 65536:
-            continue
-        try:
-            with contextlib.ExitStack() as stack:
-                for i in range(count):
-                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-    raise RunnerError(f"no {count} consecutive free ports on 127.0.0.1")
+    def stop(self, timeout_s: float = 10.0) -> int | None: ...
+
+    def log_text(self) -> str: ...
 
 
 def prometheus_binary(explicit: str = "") -> str:
@@ -81,7 +68,7 @@ class Lab:
     train_state_dir: str = ""
     train_metrics_port: int = 0
     netns: str = ""
-    _procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    _parts: list[tuple[str, _Part]] = field(default_factory=list)
     _traffic: _Traffic | None = None
 
     def env(self) -> dict[str, str]:
@@ -100,19 +87,13 @@ class Lab:
         if self._traffic is not None:
             self._traffic.stop()
         if self.train_state_dir:
-            from forge_slo.train.launch import stop_job
+            from forge_slo.train import stop_job
 
             with contextlib.suppress(Exception):
                 stop_job(self.train_state_dir)
-        for _, proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-        self._procs.clear()
+        for _, part in reversed(self._parts):  # Prometheus first, the simulator last
+            part.stop()
+        self._parts.clear()
 
     def __enter__(self) -> Lab:
         return self
@@ -149,46 +130,11 @@ def start_lab(workdir: Path, *, specs: Sequence[Path], fleet: Path, prometheus_b
     lab = Lab(workdir, netns=netns or f"forge-slo-chaos-{os.getpid()}")
     try:
         lab.sim_url = _start_sim(lab, workdir)
-
-        gpu_port = free_port()
-        lab.gpu_exporter_url = f"http://127.0.0.1:{gpu_port}"
-        exporter_log = open(workdir / "gpu-exporter.log", "wb")  # noqa: SIM115 - the child owns it
-        lab._procs.append(("gpu-exporter", subprocess.Popen(
-            [sys.executable, "-m", "forge_slo.telemetry", "--port", str(gpu_port), "--host", "127.0.0.1",
-             "--fake-fleet", str(fleet), "--interval", "500ms"],
-            stdout=exporter_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
-            start_new_session=True)))
-        exporter_log.close()
-
-        train_targets: list[str] = []
-        if training and _torch_available():
-            from forge_slo.train.launch import JobOptions, start_detached
-
-            lab.train_metrics_port = free_port_range(2)
-            lab.train_state_dir = str(workdir / "train")
-            start_detached(JobOptions(Path(lab.train_state_dir), 2, "127.0.0.1", lab.train_metrics_port, None,
-                                      ("--max-seconds", str(int(max_duration_s)))))
-            train_targets = [f"127.0.0.1:{lab.train_metrics_port + r}" for r in range(2)]
-
-        prom_port = free_port()
-        lab.prometheus_url = f"http://127.0.0.1:{prom_port}"
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-            "rule_files": [str(p.resolve()) for p in rules],
-            "scrape_configs": [
-                {"job_name": "sim", "static_configs": [{"targets": [lab.sim_url.removeprefix("http://")]}]},
-                {"job_name": "gpu", "static_configs": [{"targets": [f"127.0.0.1:{gpu_port}"]}]},
-            ] + ([{"job_name": "train", "static_configs": [{"targets": train_targets}]}] if train_targets else []),
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=True))
-        prom_log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - the child owns it
-        lab._procs.append(("prometheus", subprocess.Popen(
-            [prom_bin, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            stdout=prom_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
-            start_new_session=True)))
-        prom_log.close()
-
+        gpu_port = _start_exporter(lab, workdir, fleet)
+        train_targets = _start_training(lab, workdir, max_duration_s) if training and _torch_available() else []
+        _start_prometheus(lab, workdir, prom_bin, rules, [
+            ("sim", [lab.sim_url.removeprefix("http://")]), ("gpu", [f"{LOOPBACK}:{gpu_port}"]),
+            *([("train", train_targets)] if train_targets else [])])
         lab._traffic = _Traffic(f"{lab.sim_url}/v1/chat/completions", traffic_rps, max_duration_s)
         lab._traffic.start()
         _wait_ready(lab, specs, ready_timeout_s)
@@ -198,34 +144,59 @@ def start_lab(workdir: Path, *, specs: Sequence[Path], fleet: Path, prometheus_b
         raise
 
 
-def _start_sim(lab: Lab, workdir: Path, timeout_s: float = 30.0) -> str:
-    """The simulator through its CLI, in its own session: a Ctrl-C at the terminal reaches the game day only,
-    so the running experiment's rollbacks still find the simulator."""
-    config, ready = workdir / "sim.yaml", workdir / "sim-ready.json"
+def _start_sim(lab: Lab, workdir: Path) -> str:
+    """The simulator in its own session: a Ctrl-C at the terminal reaches the game day only, so the running
+    experiment's rollbacks still find the simulator."""
+    config = workdir / "sim.yaml"
     config.write_text(yaml.safe_dump(SIM_CONFIG, sort_keys=True))
-    ready.unlink(missing_ok=True)
-    log = open(workdir / "sim.log", "wb")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, "-m", "forge_slo.sim", "--host", "127.0.0.1", "--port", "0",
-                             "--config", str(config), "--ready-file", str(ready)], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_child_env(),
-                            start_new_session=True)
-    log.close()
-    lab._procs.append(("sim", proc))
-    deadline = time.monotonic() + timeout_s
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            text = (workdir / "sim.log").read_text(errors="replace")[-2000:]
-            raise RunnerError(f"the lab's simulator did not start:\n{text}")
-        time.sleep(0.05)
-    info = json.loads(ready.read_text())
-    return f"http://127.0.0.1:{int(info['port'])}"
+    sim = SimProcess(str(config), host=LOOPBACK, own_session=True, log_path=workdir / "sim.log",
+                     startup_timeout_s=30.0)
+    lab._parts.append(("sim", sim))
+    sim.start()
+    return sim.url
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
+def _start_exporter(lab: Lab, workdir: Path, fleet: Path) -> int:
+    """The GPU exporter serving the fake fleet (own session, as the simulator); its port."""
+    port = free_port()
+    lab.gpu_exporter_url = f"http://{LOOPBACK}:{port}"
+    exporter = Child("gpu-exporter", python_module(
+        "forge_slo.telemetry", "--port", str(port), "--host", LOOPBACK, "--fake-fleet", str(fleet),
+        "--interval", "500ms"), log_path=workdir / "gpu-exporter.log", own_session=True)
+    lab._parts.append(("gpu-exporter", exporter))
+    exporter.start()
+    return port
+
+
+def _start_training(lab: Lab, workdir: Path, max_duration_s: float) -> list[str]:
+    """The 2-rank training job, detached; its metrics targets."""
+    from forge_slo.train import JobOptions, start_detached
+
+    lab.train_metrics_port = free_port_range(2)
+    lab.train_state_dir = str(workdir / "train")
+    start_detached(JobOptions(Path(lab.train_state_dir), 2, LOOPBACK, lab.train_metrics_port, None,
+                              ("--max-seconds", str(int(max_duration_s)))))
+    return [f"{LOOPBACK}:{lab.train_metrics_port + r}" for r in range(2)]
+
+
+def _start_prometheus(lab: Lab, workdir: Path, binary: str, rules: Sequence[Path],
+                      jobs: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Prometheus scraping ``jobs`` (name, targets) and evaluating ``rules`` every second."""
+    port = free_port()
+    lab.prometheus_url = f"http://{LOOPBACK}:{port}"
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(p.resolve()) for p in rules],
+        "scrape_configs": [{"job_name": name, "static_configs": [{"targets": list(targets)}]}
+                           for name, targets in jobs],
+    }
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=True))
+    prometheus = Child("prometheus", [
+        binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address={LOOPBACK}:{port}", "--log.level=warn"],
+        log_path=workdir / "prometheus.log", cwd=workdir, own_session=True, env=dict(os.environ))
+    lab._parts.append(("prometheus", prometheus))
+    prometheus.start()
 
 
 def _torch_available() -> bool:
@@ -243,10 +214,10 @@ def _wait_ready(lab: Lab, specs: Sequence[Path], timeout_s: float) -> None:
     missing: list[str] = ["(not asked yet)"]
     with httpx.Client(timeout=5) as client:
         while time.monotonic() < deadline:
-            for name, proc in lab._procs:
-                if proc.poll() is not None:
-                    log = (lab.workdir / f"{name}.log").read_text(errors="replace")[-2000:]
-                    raise RunnerError(f"the lab's {name} exited with {proc.returncode}:\n{log}")
+            for name, part in lab._parts:
+                code = part.proc.poll() if part.proc is not None else None
+                if code is not None:
+                    raise RunnerError(f"the lab's {name} exited with {code}:\n{part.log_text()[-2000:]}")
             try:
                 up = client.get(f"{lab.prometheus_url}/api/v1/query", params={"query": "up"}).json()["data"]["result"]
                 missing = [f"target {r['metric'].get('job')} {r['metric'].get('instance')}" for r in up

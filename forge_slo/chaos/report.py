@@ -1,6 +1,7 @@
 """The game-day report: ``report.md`` (with SVG plots in ``plots/``), a self-contained ``report.html`` (plots
 inline) and ``summary.json``. Plots are hand-written SVG: the SLIs and burn rates of every SLO an experiment
-names, and the extra PromQL plots of its ``forge-slo`` extension, from 10 s before to 5 s after it.
+names, and the extra PromQL plots of its ``forge-slo`` extension, from 10 s before to 5 s after it, drawn with
+:class:`forge_slo.runtime.svg.Chart`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 
 from forge_slo import conventions as cv
 from forge_slo import promql
-from forge_slo.chaos.gameday import OK, SKIPPED, ExperimentResult, GamedayResult, substitute
+from forge_slo.chaos.configuration import substitute
+from forge_slo.chaos.gameday import OK, SKIPPED, ExperimentResult, GamedayResult
 from forge_slo.durations import parse_duration
+from forge_slo.runtime.svg import PALETTE, Chart
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _RATIO_PREFIX = cv.error_ratio(1.0).removesuffix("1s")
 _NAME_MATCHER = f"__name__=~{promql.quote(promql.any_of_regex([_RATIO_PREFIX]) + '.+')}"
 
@@ -106,64 +108,28 @@ def _labels(labels: Mapping[str, str]) -> str:
 
 # SVG ------------------------------------------------------------------------------------------------------
 
-def svg_chart(plot: Plot, width: int = 680, height: int = 220) -> str:
-    """A line chart as standalone SVG: axes, min/max labels, one polyline per line, dashed action markers."""
-    left, right, top, bottom = 56, 150, 26, 30
-    pw, ph = width - left - right, height - top - bottom
-    xs = [x for line in plot.lines for x, _ in line.points] + [m for m, _ in plot.markers]
+MARKER_COLOR = "#555"
+
+
+def plot_svg(plot: Plot, width: int = 680, height: int = 260) -> str:
+    """One plot as standalone SVG (runtime's Chart): a line per series, the method's actions as dashed marks."""
+    xs = [x for line in plot.lines for x, _ in line.points] + [x for x, _ in plot.markers]
     ys = [y for line in plot.lines for _, y in line.points]
-    e = html.escape
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<title>{e(plot.title)}</title>',
-           f'<text x="{left}" y="16" font-size="12" font-weight="bold">{e(plot.title)}</text>']
-    if not ys:
-        out.append(f'<text x="{left}" y="{top + ph / 2}">no data</text></svg>')
-        return "".join(out)
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(0.0, min(ys)), max(ys)
-    if y1 - y0 < 1e-12:
-        y1 = y0 + 1.0
-    y1 += (y1 - y0) * 0.05
-    if x1 - x0 < 1e-9:
-        x1 = x0 + 1.0
-
-    def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * pw
-
-    def py(y: float) -> float:
-        return top + ph - (y - y0) / (y1 - y0) * ph
-
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>')
-    for value in (y0, (y0 + y1) / 2, y1):
-        out.append(f'<text x="{left - 4}" y="{py(value) + 4:.1f}" text-anchor="end">{_num(value)}</text>')
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{py(value):.1f}" y2="{py(value):.1f}" stroke="#e4e4e4"/>')
-    for value in (x0, (x0 + x1) / 2, x1):
-        out.append(f'<text x="{px(value):.1f}" y="{top + ph + 14}" text-anchor="middle">{value:.0f}s</text>')
-    for i, (x, label) in enumerate(plot.markers):
-        out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{top}" y2="{top + ph}" stroke="#555" '
-                   f'stroke-dasharray="3,3"><title>{e(label)} at {x:.1f}s</title></line>')
-        out.append(f'<text x="{px(x) + 2:.1f}" y="{top + 10 + 10 * (i % 3)}" fill="#555" font-size="9">'
-                   f'{e(label[:18])}</text>')
+    low = min(0.0, *ys) if ys else 0.0
+    high = max(ys) if ys else 1.0
+    chart = Chart(plot.title, "seconds since the experiment started", plot.y_label or "value",
+                  (min(xs), max(xs)) if xs else (0.0, 1.0), (low, high + (high - low) * 0.05), width, height)
     for i, line in enumerate(plot.lines):
         color = PALETTE[i % len(PALETTE)]
-        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in line.points)
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6" points="{path}">'
-                   f'<title>{e(line.label)}</title></polyline>')
-        ly = top + 12 + 14 * i
-        out.append(f'<rect x="{left + pw + 8}" y="{ly - 8}" width="10" height="10" fill="{color}"/>')
-        out.append(f'<text x="{left + pw + 22}" y="{ly + 1}">{e(line.label[:20])}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 2}" text-anchor="middle" fill="#555">seconds since the '
-               f'experiment started{(" · " + e(plot.y_label)) if plot.y_label else ""}</text></svg>')
-    return "".join(out)
-
-
-def _num(value: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000 or abs(value) < 0.01:
-        return f"{value:.2g}"
-    return f"{value:.3g}"
+        if line.points:
+            chart.line(line.points, color, line.label[:24])
+        else:
+            chart.legend.append((f"{line.label[:24]} (no data)", color, True))
+    for i, (x, label) in enumerate(plot.markers):
+        chart.vline(x, label[:18], color=MARKER_COLOR, dash="3,3", top=i % 2 == 1)  # alternate: labels apart
+    if not ys:
+        chart.legend.append(("no data", MARKER_COLOR, True))
+    return chart.render()
 
 
 # Text -----------------------------------------------------------------------------------------------------
@@ -310,7 +276,7 @@ def render_html(result: GamedayResult, plots: Mapping[str, list[Plot]]) -> str:
                        + (f", <span class=\"bad\">aborted: {e(str(guard.get('reason')))}</span>" if guard.get("aborted")
                           else "") + "</p>")
         for plot in plots.get(res.name, []):
-            out.append(f"<div>{svg_chart(plot)}</div>")
+            out.append(f"<div>{plot_svg(plot)}</div>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
@@ -348,7 +314,7 @@ def write_report(result: GamedayResult, report_dir: Path) -> Path:
     for name, drawn in plots.items():
         for i, plot in enumerate(drawn):
             path = plot_dir / f"{name}-{i + 1}.svg"
-            path.write_text(svg_chart(plot), encoding="utf-8")
+            path.write_text(plot_svg(plot), encoding="utf-8")
             files.setdefault(name, []).append(f"plots/{path.name}")
     (report_dir / "report.md").write_text(render_markdown(result, files), encoding="utf-8")
     html_path = report_dir / "report.html"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from forge_slo.durations import format_duration, parse_duration
+from forge_slo.durations import format_duration
 from forge_slo.errors import UsageError
 
 _TARGET = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):(\d{1,5})$")
@@ -20,23 +20,18 @@ def check_target(target: str) -> str:
     return target
 
 
-def prometheus_config(targets: Sequence[str], rule_files: Sequence[str], *, scrape_interval: str = "15s",
-                      evaluation_interval: str | None = None, job: str = "forge-slo") -> dict[str, Any]:
-    for flag, value in (("--scrape-interval", scrape_interval), ("--evaluation-interval", evaluation_interval)):
-        if value is not None:
-            try:
-                parse_duration(value)
-            except ValueError as exc:
-                raise UsageError(f"{flag}: {exc}") from None
+def prometheus_config(targets: Sequence[str], rule_files: Sequence[str], *, scrape_interval_s: float = 15.0,
+                      evaluation_interval_s: float | None = None, job: str = "forge-slo") -> dict[str, Any]:
+    """The configuration; intervals in seconds, written as Prometheus spells durations (2.5 s is ``2s500ms``:
+    Prometheus refuses decimals)."""
     if not targets:
         raise UsageError("--scrape: give at least one HOST:PORT to scrape")
-    scrape_s = parse_duration(scrape_interval)
     return {
         "global": {
-            "scrape_interval": scrape_interval,
-            "evaluation_interval": evaluation_interval or scrape_interval,
+            "scrape_interval": format_duration(scrape_interval_s),
+            "evaluation_interval": format_duration(evaluation_interval_s or scrape_interval_s),
             # A scrape must finish before the next one starts.
-            "scrape_timeout": format_duration(min(scrape_s, 10.0)),
+            "scrape_timeout": format_duration(min(scrape_interval_s, 10.0)),
         },
         "rule_files": list(rule_files),
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [check_target(t) for t in targets]}]}],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from forge_slo.durations import parse_duration
+from forge_slo.durations import duration_flag
 from forge_slo.errors import UsageError
 from forge_slo.runtime.net import DEFAULT_HOST
 from forge_slo.runtime.serving import READ_TIMEOUT_S
@@ -45,7 +45,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--admin-token", metavar="TOKEN",
                         help="require 'Authorization: Bearer TOKEN' on /admin "
                              "(also $FORGE_SLO_SIM_ADMIN_TOKEN or the config's admin_token); visible ASCII")
-    parser.add_argument("--read-timeout", type=_duration, default=READ_TIMEOUT_S, metavar="DURATION",
+    parser.add_argument("--read-timeout", type=duration_flag(), default=READ_TIMEOUT_S, metavar="DURATION",
                         help="close a connection whose request line and headers, or body, do not arrive within "
                              f"this time; also the keep-alive idle limit (default: {READ_TIMEOUT_S:g}s)")
     parser.add_argument("--ready-file", metavar="FILE", help="write {host, port, pid} as JSON here once listening")
@@ -59,10 +59,3 @@ def main_from_args(args: argparse.Namespace) -> int:
         raise UsageError(f"--port: {args.port} is not a port number (1-65535, or 0 for any free port)")
     return run_simulator(args.port, args.host, args.config, admin_token=args.admin_token,
                          ready_file=args.ready_file, read_timeout_s=args.read_timeout)
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None

@@ -8,7 +8,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from forge_slo.sim.config import ErrorsFault, Fault, LatencyFault, OutageFault, StallFault, fault_to_json
+from forge_slo.sim.config import (
+    MAX_DELAY_S,
+    MAX_MULTIPLIER,
+    ErrorsFault,
+    Fault,
+    LatencyFault,
+    OutageFault,
+    StallFault,
+    fault_to_json,
+)
 from forge_slo.sim.engine import NO_FAULTS, Modifiers
 
 
@@ -116,7 +125,12 @@ class FaultManager:
 
 
 def combine(faults: Any) -> Modifiers:
-    """Multipliers multiply, additions add; error and stall faults are kept in order."""
+    """Multipliers multiply, additions add; error and stall faults are kept in order.
+
+    Stacked latency faults slow a model at most as much as one fault may (:data:`MAX_MULTIPLIER`,
+    :data:`MAX_DELAY_S`): an unbounded product overflows to inf after a hundred 1000x faults, and inf x 0 is
+    NaN, a delay that stalls the token clock every model shares.
+    """
     mods = NO_FAULTS
     ttft_m, ttft_a, itl_m, itl_a = 1.0, 0.0, 1.0, 0.0
     outage = False
@@ -126,10 +140,10 @@ def combine(faults: Any) -> Modifiers:
     for f in faults:
         any_fault = True
         if isinstance(f, LatencyFault):
-            ttft_m *= f.ttft_multiplier
-            ttft_a += f.ttft_add_s
-            itl_m *= f.itl_multiplier
-            itl_a += f.itl_add_s
+            ttft_m = min(ttft_m * f.ttft_multiplier, MAX_MULTIPLIER)
+            ttft_a = min(ttft_a + f.ttft_add_s, MAX_DELAY_S)
+            itl_m = min(itl_m * f.itl_multiplier, MAX_MULTIPLIER)
+            itl_a = min(itl_a + f.itl_add_s, MAX_DELAY_S)
         elif isinstance(f, ErrorsFault):
             errors.append(f)
         elif isinstance(f, StallFault):

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,15 +12,17 @@ from typing import Any
 import yaml
 
 from forge_slo.errors import RunnerError
-
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+from forge_slo.runtime.process import Child, child_env, python_module
 
 
 class SimProcess:
     """A simulator child process on a free port; use as a context manager or call start()/stop().
 
     ``config`` is a YAML file path, or a mapping written to a temporary YAML file. ``log_text()`` holds the
-    child's stdout and stderr (console spans, the shutdown summary, errors).
+    child's stdout and stderr (console spans, the shutdown summary, errors); ``log_path`` keeps that log in a
+    file of the caller's (else it lives in a temporary directory until :meth:`stop`). ``own_session``: the
+    simulator gets its own session, so a Ctrl-C at the terminal reaches only the parent, which stops it in
+    its own time (a game day's rollbacks still find it). ``cpu``: pin the simulator to this CPU.
     """
 
     def __init__(
@@ -37,6 +35,8 @@ class SimProcess:
         env: Mapping[str, str] | None = None,
         startup_timeout_s: float = 20.0,
         cpu: int | None = None,
+        own_session: bool = False,
+        log_path: Path | None = None,
     ) -> None:
         self._config = config
         self.host = host
@@ -45,9 +45,10 @@ class SimProcess:
         self._env = env
         self._timeout = startup_timeout_s
         self._cpu = cpu
+        self.own_session = own_session
+        self._log_path = log_path
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._log: Any = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._child: Child | None = None
         self.returncode: int | None = None
         self.last_log = ""
 
@@ -59,6 +60,11 @@ class SimProcess:
     def base_url(self) -> str:
         """The OpenAI base URL (``.../v1``)."""
         return f"{self.url}/v1"
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The running child process (None before start and after stop)."""
+        return self._child.proc if self._child is not None else None
 
     @property
     def pid(self) -> int:
@@ -74,20 +80,25 @@ class SimProcess:
         self.stop()
 
     def start(self) -> None:
+        """Start the simulator and wait until it listens; RunnerError (with its log) when it does not."""
         self._tmp = tempfile.TemporaryDirectory(prefix="forge-slo-sim-")
         tmp = Path(self._tmp.name)
-        ready = tmp / "ready.json"
-        args = [
-            sys.executable,
-            "-m",
-            "forge_slo.sim",
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--ready-file",
-            str(ready),
-        ]
+        child = self._child = Child("simulator", self._argv(tmp), log_path=self._log_path or tmp / "sim.log",
+                                    env=child_env(base=self._env), own_session=self.own_session)
+        try:
+            child.start()  # no ready file yet: the CPU is pinned before waiting
+            if self._cpu is not None:
+                os.sched_setaffinity(child.pid, {self._cpu})
+            child.ready_file = tmp / "ready.json"
+            child.wait_ready(self._timeout)
+        except BaseException:
+            self.returncode = child.stop()
+            self._finish()
+            raise
+        self.port = int(child.ready["port"])
+
+    def _argv(self, tmp: Path) -> list[str]:
+        args = ["--host", self.host, "--port", str(self.port), "--ready-file", str(tmp / "ready.json")]
         if isinstance(self._config, str):
             args += ["--config", self._config]
         elif self._config is not None:
@@ -96,60 +107,22 @@ class SimProcess:
             args += ["--config", str(path)]
         if self._admin_token is not None:
             args += ["--admin-token", self._admin_token]
-        env = dict(os.environ if self._env is None else self._env)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self._log = open(tmp / "sim.log", "w+b")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
-        if self._cpu is not None:
-            os.sched_setaffinity(self.proc.pid, {self._cpu})
-        deadline = time.monotonic() + self._timeout
-        while not ready.exists():
-            code = self.proc.poll()
-            if code is not None:
-                self.returncode = code
-                text = self.last_log = self.log_text()
-                self._cleanup()
-                raise RunnerError(f"the simulator exited with code {code} before listening:\n{text}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RunnerError(f"the simulator did not listen within {self._timeout:g}s")
-            time.sleep(0.02)
-        info = json.loads(ready.read_text(encoding="utf-8"))
-        self.port = int(info["port"])
+        return python_module("forge_slo.sim", *args)
 
     def log_text(self) -> str:
-        if self._log is None:
-            return self.last_log
-        self._log.flush()
-        self._log.seek(0)
-        data: bytes = self._log.read()
-        self._log.seek(0, os.SEEK_END)
-        return data.decode("utf-8", "replace")
+        return self._child.log_text() if self._child is not None else self.last_log
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code. Keeps log_text() readable."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc is not None:
-            self.returncode = proc.returncode
-        self.last_log = self.log_text()
-        self._cleanup()
+        if self._child is not None:
+            self.returncode = self._child.stop(timeout_s)
+        self._finish()
         return self.returncode
 
-    def _cleanup(self) -> None:
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def _finish(self) -> None:
+        if self._child is not None:
+            self.last_log = self._child.log_text()
+            self._child = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -26,7 +26,7 @@ from forge_slo.errors import RunnerError, SpecError
 from forge_slo.runtime import auth, net
 from forge_slo.runtime.serving import LINGER_S, READ_TIMEOUT_S, SHUTDOWN_GRACE_S, BodyError, read_body
 from forge_slo.sim.config import ConfigFieldError, SimConfig, default_config, load_sim_config, parse_fault
-from forge_slo.sim.engine import ModelEngine, TokenClock, TokenStream
+from forge_slo.sim.engine import ModelEngine, Plan, TokenClock, TokenStream
 from forge_slo.sim.faults import FaultExists, FaultManager
 from forge_slo.sim.metrics import (
     EXCLUDED_HANDLERS,
@@ -218,17 +218,15 @@ class SimServer:
         return await self._generate(request, "completion", "/v1/completions")
 
     async def _generate(self, request: web.Request, kind: Kind, route: str) -> web.StreamResponse:
-        loop = self.loop
-        arrival = loop.time()
+        arrival = self.loop.time()
         parsed = parse_generation(parse_body(await read_body(request, self.read_timeout_s)), kind)
         self.clock.service()
         engine = self._engine_for(parsed)
-        model = engine.cfg.name
         check_context_length(parsed, engine.cfg.max_model_len)
         parent = self.tracing.extract(request.headers) if self.tracing.enabled else None
         if engine.mods.outage or (engine.mods.errors and engine.http_error_due()):
             reason = "simulated outage" if engine.mods.outage else "simulated server error"
-            self._trace(parent, route, model, parsed, arrival, None, None, 0, "error", 500)
+            self._trace(parent, route, engine.cfg.name, parsed, arrival, None, None, 0, "error", 500)
             raise WireError(500, f"{reason} (forge-slo sim fault)", code="simulated_fault")
         plan = engine.plan(parsed.max_tokens)
         room = engine.cfg.max_model_len - parsed.prompt_tokens
@@ -236,39 +234,44 @@ class SimServer:
             plan = engine.plan(room)  # as vLLM: without max_tokens, the output stops at the context's end
         self._req_seq += 1
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        ident = Identity(kind, f"{prefix}-sim{self._req_seq:012d}", int(time.time()), model)
-        frames = (b"", b"", b"")
+        ident = Identity(kind, f"{prefix}-sim{self._req_seq:012d}", int(time.time()), model=engine.cfg.name)
         response: web.StreamResponse | None = None
-        transport = None
+        frames, transport = (b"", b"", b""), None
         if parsed.stream:
-            if request.version != HttpVersion11:
-                raise WireError(400, "Streaming needs HTTP/1.1 (chunked transfer encoding).", param="stream")
-            frames = stream_frames(
-                ident,
-                engine.cfg.token_text,
-                engine.cfg.tokens_per_chunk,
-                plan.output_tokens,
-                plan.finish_reason,
-                parsed.prompt_tokens,
-                parsed.include_usage,
-            )
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "text/event-stream; charset=utf-8",
-                    "Cache-Control": "no-cache",
-                    "X-Request-Id": ident.request_id,
-                }
-            )
-            response.enable_chunked_encoding()
-            await response.prepare(request)
-            request[_PREPARED] = True
+            response, frames = await self._open_stream(request, engine, parsed, plan, ident)
             transport = request.transport
             if transport is None:  # the client already left
                 return response
         stream = TokenStream(engine, parsed.prompt_tokens, plan, arrival, transport, frames)
+        reason = await self._run(stream, parent, route, parsed)
+        if reason == "abort":
+            return await self._cut_off(request, response)
+        if response is not None:
+            await response.write_eof()
+            return response
+        text = engine.cfg.token_text * plan.output_tokens
+        body = full_response(ident, text, reason, parsed.prompt_tokens, stream.emitted)
+        return web.Response(body=body, content_type=_JSON, headers={"X-Request-Id": ident.request_id})
+
+    async def _open_stream(self, request: web.Request, engine: ModelEngine, parsed: GenerationRequest,
+                           plan: Plan, ident: Identity) -> tuple[web.StreamResponse, tuple[bytes, bytes, bytes]]:
+        """Answer 200 with an event stream; the SSE frames of this request's tokens."""
+        if request.version != HttpVersion11:
+            raise WireError(400, "Streaming needs HTTP/1.1 (chunked transfer encoding).", param="stream")
+        frames = stream_frames(ident, engine.cfg.token_text, engine.cfg.tokens_per_chunk, plan.output_tokens,
+                               plan.finish_reason, parsed.prompt_tokens, parsed.include_usage)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                               "Cache-Control": "no-cache", "X-Request-Id": ident.request_id})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        request[_PREPARED] = True
+        return response, frames
+
+    async def _run(self, stream: TokenStream, parent: Any, route: str, parsed: GenerationRequest) -> str:
+        """Queue the request on its engine and wait until it ends; its finish reason (an outage raises 500)."""
         self.clock.service()
         try:
-            engine.try_admit(stream)
+            stream.engine.try_admit(stream)
             reason = await stream.done
         except asyncio.CancelledError:
             stream.finish("abort")
@@ -278,20 +281,17 @@ class SimServer:
             self._trace_stream(parent, route, parsed, stream, 500)
             raise WireError(500, "simulated outage (forge-slo sim fault)", code="simulated_fault")
         self._trace_stream(parent, route, parsed, stream, 200)
-        if reason == "abort":
-            if response is None and request.transport is not None:
-                request.transport.close()  # a non-streaming answer cut off: the client gets no response
-            # The connection is closing: aiohttp cancels this handler when it is gone (handler_cancellation).
-            await asyncio.sleep(5.0)
-            if request.transport is not None:
-                request.transport.abort()
-            return response if response is not None else web.Response(status=500)
-        if response is not None:
-            await response.write_eof()
-            return response
-        text = engine.cfg.token_text * plan.output_tokens
-        body = full_response(ident, text, reason, parsed.prompt_tokens, stream.emitted)
-        return web.Response(body=body, content_type=_JSON, headers={"X-Request-Id": ident.request_id})
+        return reason
+
+    async def _cut_off(self, request: web.Request, response: web.StreamResponse | None) -> web.StreamResponse:
+        """An aborted request (an abort fault): the client sees its connection cut."""
+        if response is None and request.transport is not None:
+            request.transport.close()  # a non-streaming answer cut off: the client gets no response
+        # The connection is closing: aiohttp cancels this handler when it is gone (handler_cancellation).
+        await asyncio.sleep(5.0)
+        if request.transport is not None:
+            request.transport.abort()
+        return response if response is not None else web.Response(status=500)
 
     def _engine_for(self, parsed: GenerationRequest) -> ModelEngine:
         name = parsed.model if parsed.model is not None else self.default_model

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from forge_slo.durations import parse_duration
+from forge_slo.durations import duration_flag
 from forge_slo.errors import UsageError
 from forge_slo.runtime.auth import token_from
 from forge_slo.runtime.net import DEFAULT_HOST
@@ -28,7 +28,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for "
                              "Prometheus on other hosts or in a pod; with --fake-fleet that needs --admin-token)")
-    parser.add_argument("--interval", type=_duration, default=1.0, metavar="DURATION",
+    parser.add_argument("--interval", type=duration_flag(), default=1.0, metavar="DURATION",
                         help="how often to read the GPUs, e.g. 500ms, 1s, 30s (default 1s); "
                              "scrapes between reads get the last reading")
     parser.add_argument("--fake-fleet", metavar="FILE",
@@ -47,7 +47,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--admin-token", metavar="TOKEN",
                         help=f"require 'Authorization: Bearer TOKEN' on /admin (also ${ADMIN_TOKEN_ENV}); "
                              "required to serve a fake fleet beyond 127.0.0.1")
-    parser.add_argument("--read-timeout", type=_duration, default=READ_TIMEOUT_S, metavar="DURATION",
+    parser.add_argument("--read-timeout", type=duration_flag(), default=READ_TIMEOUT_S, metavar="DURATION",
                         help=f"close a connection whose request does not arrive in full within this time "
                              f"(headers, then body; default {READ_TIMEOUT_S:g}s)")
     parser.add_argument("--collect-on-scrape", action="store_true",
@@ -75,12 +75,6 @@ def main_from_args(args: argparse.Namespace) -> int:
     )
     return run_exporter(options)
 
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _xid_codes(text: str) -> tuple[int, ...]:

@@ -5,3 +5,30 @@ NCCL where GPUs exist); each rank exports step time, a heartbeat and bus bandwid
 :mod:`forge_slo.train.watchdog` detects a hung collective or a straggler. torch is the optional extra
 ``forge-slo[train]``: nothing here imports it until a rank starts.
 """
+
+from __future__ import annotations
+
+from forge_slo.train.launch import (
+    JobInfo,
+    JobOptions,
+    alive,
+    check_netns_name,
+    rank_pid,
+    read_job,
+    start_detached,
+    stop_job,
+)
+from forge_slo.train.watchdog import Verdict, watch
+
+__all__ = [
+    "JobInfo",
+    "JobOptions",
+    "Verdict",
+    "alive",
+    "check_netns_name",
+    "rank_pid",
+    "read_job",
+    "start_detached",
+    "stop_job",
+    "watch",
+]

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from forge_slo.durations import duration_flag
 from forge_slo.errors import UsageError
 
 EPILOG = "Exit codes: 0 success (watch: healthy), 1 failure (watch: hung or straggling), 2 bad input."
@@ -37,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument("--metrics-port", type=int, default=29600)
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--stall-after", type=float, default=10.0, metavar="SECONDS",
-                   help="hung when no rank finished a step for this long (default 10)")
+    p.add_argument("--stall-after", type=duration_flag(), default=10.0, metavar="DURATION",
+                   help="hung when no rank finished a step for this long, e.g. 10s, 2.5s (default 10s)")
     p.add_argument("--straggler-factor", type=float, default=2.0,
                    help="straggling when a step takes this many times its baseline (default 2)")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
@@ -77,8 +78,8 @@ def watch(args: argparse.Namespace) -> int:
     from forge_slo.train.watchdog import metrics_urls
     from forge_slo.train.watchdog import watch as judge_job
 
-    if args.nproc < 1 or args.stall_after <= 0 or args.straggler_factor <= 1:
-        raise UsageError("--nproc must be at least 1, --stall-after positive and --straggler-factor above 1")
+    if args.nproc < 1 or args.straggler_factor <= 1:
+        raise UsageError("--nproc must be at least 1 and --straggler-factor above 1")
     verdict = judge_job(metrics_urls(args.metrics_host, args.metrics_port, args.nproc),
                         stall_after_s=args.stall_after, straggler_factor=args.straggler_factor)
     if args.json:

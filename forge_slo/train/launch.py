@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -30,8 +29,8 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from forge_slo.errors import RunnerError, UsageError
+from forge_slo.runtime.process import child_env, free_port, python_module, stop_process
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 NETNS_DIR = Path("/var/run/netns")
 CLONE_NEWNET = 0x40000000
 # Jobs this process started detached: kept so they are reaped (and not reported as leaked) when they end.
@@ -158,32 +157,28 @@ def alive(pid: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def torchrun_command(options: JobOptions, master_port: int) -> list[str]:
     worker = ["--metrics-host", options.metrics_host, "--metrics-port", str(options.metrics_port),
               "--state-dir", str(options.state_dir), *options.worker_args]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(options.nproc),
-           "--master-addr", "127.0.0.1", "--master-port", str(master_port), "--max-restarts", "0",
-           "--module", "forge_slo.train.worker", *worker]
+    cmd = python_module("torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(options.nproc),
+                        "--master-addr", "127.0.0.1", "--master-port", str(master_port), "--max-restarts", "0",
+                        "--module", "forge_slo.train.worker", *worker)
     if options.netns:
         cmd = ["ip", "netns", "exec", options.netns, *cmd]
     return cmd
 
 
+# Defaults the caller's environment may override. Collectives over loopback only: gloo and NCCL's bootstrap
+# would otherwise pick the host's first interface; no *_created samples on the ranks' /metrics.
+_JOB_ENV_DEFAULTS = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+                     "PROMETHEUS_DISABLE_CREATED_SERIES": "True"}
+
+
 def job_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-    # Collectives over loopback only: gloo and NCCL's bootstrap would otherwise pick the host's first interface.
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    env.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")  # no *_created samples on the ranks' /metrics
+    """The environment of the launcher, torchrun and the ranks."""
+    env = child_env()
+    for key, value in _JOB_ENV_DEFAULTS.items():
+        env.setdefault(key, value)
     return env
 
 
@@ -199,7 +194,7 @@ def run_job(options: JobOptions) -> int:
         old.unlink()
     relays = [_Relay(options.metrics_host, options.metrics_port + r, options.netns)
               for r in range(options.nproc)] if options.netns else []
-    proc = subprocess.Popen(torchrun_command(options, _free_port()), env=job_env(), stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(torchrun_command(options, free_port()), env=job_env(), stdin=subprocess.DEVNULL)
     info = {"pid": os.getpid(), "torchrun_pid": proc.pid, "nproc": options.nproc,
             "metrics_host": options.metrics_host, "metrics_port": options.metrics_port, "netns": options.netns,
             "worker_args": list(options.worker_args), "started_at": time.time()}
@@ -221,13 +216,7 @@ def run_job(options: JobOptions) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, timeout_s=10)
         for relay in relays:
             relay.close()
 
@@ -240,7 +229,7 @@ def start_detached(options: JobOptions, *, wait_s: float = 20.0) -> JobInfo:
         (options.state_dir / JOB_FILE).unlink()
     log = open(options.state_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "forge_slo.train", *options.launch_argv()], env=job_env(),
+        proc = subprocess.Popen(python_module("forge_slo.train", *options.launch_argv()), env=job_env(),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     finally:

@@ -84,11 +84,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901 - one loop, kept in one place to read top to bottom
+class _Metrics:
+    """This rank's series on its own registry (``/metrics``), labelled with the rank."""
+
+    def __init__(self, rank: int, world: int, backend: str, device: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = CollectorRegistry()
+        self.rank = str(rank)
+
+        def gauge(name: str, doc: str) -> Any:
+            return Gauge(name, doc, [names.RANK_LABEL], registry=self.registry).labels(self.rank)
+
+        self.steps = Counter(names.STEPS, "All-reduce steps completed.", [names.RANK_LABEL],
+                             registry=self.registry).labels(self.rank)
+        info = Gauge(names.INFO, "Backend and device of this rank.", [names.RANK_LABEL, "backend", "device"],
+                     registry=self.registry)
+        info.labels(self.rank, backend, device).set(1)
+        gauge(names.WORLD_SIZE, "Ranks in the job.").set(world)
+        self.heartbeat = gauge(names.LAST_STEP_TIMESTAMP, "Unix time this rank last finished a step (the heartbeat).")
+        self.step = gauge(names.STEP_SECONDS, f"Mean duration of the last {RECENT_STEPS} steps.")
+        self.base_step = gauge(names.BASELINE_STEP_SECONDS, "Median step duration after warm-up (NaN until measured).")
+        self.compute = gauge(names.COMPUTE_SECONDS, "Local work of the last step, before its all-reduce.")
+        self.coll = gauge(names.COLLECTIVE_SECONDS, "Duration of the last all-reduce.")
+        self.in_coll = gauge(names.COLLECTIVE_IN_PROGRESS, "1 while this rank is inside an all-reduce.")
+        self.coll_started = gauge(names.COLLECTIVE_STARTED_TIMESTAMP,
+                                  "Unix time the current or last all-reduce started.")
+        self.algbw = gauge(names.ALGBW, f"All-reduce algorithm bandwidth over the last {RECENT_STEPS} steps.")
+        self.busbw = gauge(names.BUSBW,
+                           f"All-reduce bus bandwidth (algbw x 2(n-1)/n) over the last {RECENT_STEPS} steps.")
+        self.base_busbw = gauge(names.BASELINE_BUSBW, "Median bus bandwidth after warm-up (NaN until measured).")
+        self.ready = gauge(names.BASELINE_READY, "1 once the baselines are measured.")
+        self.base_step.set(math.nan)
+        self.base_busbw.set(math.nan)
+        self.ready.set(0)
+        self.heartbeat.set(time.time())
+
+
+class _Steps:
+    """Step and all-reduce times: the recent ones (the gauges) and the baseline after warm-up."""
+
+    def __init__(self, args: argparse.Namespace, nbytes: int, world: int, metrics: _Metrics) -> None:
+        self.args, self.nbytes, self.world, self.metrics = args, nbytes, world, metrics
+        self.recent_steps: deque[float] = deque(maxlen=RECENT_STEPS)
+        self.recent_coll: deque[float] = deque(maxlen=RECENT_STEPS)
+        self.base_steps: list[float] = []
+        self.base_busbw: list[float] = []
+        self.done = 0
+
+    def record(self, step_s: float, compute_s: float, coll_s: float) -> None:
+        """One finished step: update the gauges, and the baseline while it is being measured."""
+        m = self.metrics
+        self.done += 1
+        self.recent_steps.append(step_s)
+        self.recent_coll.append(coll_s)
+        algbw = self.nbytes * len(self.recent_coll) / sum(self.recent_coll)
+        m.steps.inc()
+        m.heartbeat.set(time.time())
+        m.step.set(sum(self.recent_steps) / len(self.recent_steps))
+        m.compute.set(compute_s)
+        m.coll.set(coll_s)
+        m.algbw.set(algbw)
+        m.busbw.set(names.bus_bandwidth(algbw, self.world))
+        warmup, baseline = self.args.warmup_steps, self.args.baseline_steps
+        if warmup < self.done <= warmup + baseline:
+            self.base_steps.append(step_s)
+            self.base_busbw.append(names.bus_bandwidth(self.nbytes / coll_s, self.world))
+            if len(self.base_steps) == baseline:
+                m.base_step.set(statistics.median(self.base_steps))
+                m.base_busbw.set(statistics.median(self.base_busbw))
+                m.ready.set(1)
+
+
+def run(args: argparse.Namespace) -> int:
     # Typed as Any on purpose: torch is an optional extra, and mypy must pass where it is not installed.
     torch: Any = importlib.import_module("torch")
     dist: Any = importlib.import_module("torch.distributed")
-    from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
@@ -100,102 +171,67 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901 - one loop, kept in one 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-
-    registry = CollectorRegistry()
-    rank_label = {names.RANK_LABEL: str(rank)}
-
-    def gauge(name: str, doc: str) -> Gauge:
-        return Gauge(name, doc, [names.RANK_LABEL], registry=registry)
-
-    steps = Counter(names.STEPS, "All-reduce steps completed.", [names.RANK_LABEL], registry=registry)
-    g_world = gauge(names.WORLD_SIZE, "Ranks in the job.")
-    g_info = Gauge(names.INFO, "Backend and device of this rank.", [names.RANK_LABEL, "backend", "device"],
-                   registry=registry)
-    g_heartbeat = gauge(names.LAST_STEP_TIMESTAMP, "Unix time this rank last finished a step (the heartbeat).")
-    g_step = gauge(names.STEP_SECONDS, f"Mean duration of the last {RECENT_STEPS} steps.")
-    g_base_step = gauge(names.BASELINE_STEP_SECONDS, "Median step duration after warm-up (NaN until measured).")
-    g_compute = gauge(names.COMPUTE_SECONDS, "Local work of the last step, before its all-reduce.")
-    g_coll = gauge(names.COLLECTIVE_SECONDS, "Duration of the last all-reduce.")
-    g_in_coll = gauge(names.COLLECTIVE_IN_PROGRESS, "1 while this rank is inside an all-reduce.")
-    g_coll_started = gauge(names.COLLECTIVE_STARTED_TIMESTAMP, "Unix time the current or last all-reduce started.")
-    g_algbw = gauge(names.ALGBW, f"All-reduce algorithm bandwidth over the last {RECENT_STEPS} steps.")
-    g_busbw = gauge(names.BUSBW, f"All-reduce bus bandwidth (algbw x 2(n-1)/n) over the last {RECENT_STEPS} steps.")
-    g_base_busbw = gauge(names.BASELINE_BUSBW, "Median bus bandwidth after warm-up (NaN until measured).")
-    g_ready = gauge(names.BASELINE_READY, "1 once the baselines are measured.")
-    g_world.labels(**rank_label).set(world)
-    g_info.labels(str(rank), backend, str(device)).set(1)
-    for g in (g_base_step, g_base_busbw):
-        g.labels(**rank_label).set(math.nan)
-    g_ready.labels(**rank_label).set(0)
-    g_heartbeat.labels(**rank_label).set(time.time())
-
-    if args.metrics_port:
-        port = args.metrics_port + rank
-        try:
-            start_http_server(port, addr=args.metrics_host, registry=registry)
-        except OSError as exc:
-            print(f"rank {rank}: error: cannot serve /metrics on {args.metrics_host}:{port}: {exc}", file=sys.stderr)
-            return 1
-    if args.state_dir:
-        state = Path(args.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
-        (state / f"rank-{rank}.json").write_text(json.dumps(
-            {"rank": rank, "pid": os.getpid(), "world_size": world, "backend": backend,
-             "metrics_url": f"http://{args.metrics_host}:{args.metrics_port + rank}/metrics"
-             if args.metrics_port else None}, sort_keys=True))
+    metrics = _Metrics(rank, world, backend, str(device))
+    if not _serve_metrics(args, rank, metrics):
+        return 1
+    _write_rank_file(args, rank, world, backend)
 
     dist.init_process_group(backend, timeout=timedelta(seconds=args.collective_timeout_s))
     tensor = torch.ones(args.tensor_elements, dtype=torch.float32, device=device)
-    nbytes = tensor.numel() * tensor.element_size()
+    steps = _Steps(args, tensor.numel() * tensor.element_size(), world, metrics)
+    print(f"rank {rank}/{world}: {backend} on {device}, {steps.nbytes} bytes per all-reduce", file=sys.stderr,
+          flush=True)
     compute_s = args.compute_seconds * (args.slow_factor if rank == args.slow_rank else 1.0)
-    recent_steps: deque[float] = deque(maxlen=RECENT_STEPS)
-    recent_coll: deque[float] = deque(maxlen=RECENT_STEPS)
-    base_steps: list[float] = []
-    base_busbw: list[float] = []
     deadline = time.monotonic() + args.max_seconds
-    done = 0
-    print(f"rank {rank}/{world}: {backend} on {device}, {nbytes} bytes per all-reduce", file=sys.stderr, flush=True)
     try:
-        while time.monotonic() < deadline and (args.steps == 0 or done < args.steps):
+        while time.monotonic() < deadline and (args.steps == 0 or steps.done < args.steps):
             t0 = time.perf_counter()
             if compute_s:
                 time.sleep(compute_s)
             t1 = time.perf_counter()
-            g_coll_started.labels(**rank_label).set(time.time())
-            g_in_coll.labels(**rank_label).set(1)
+            metrics.coll_started.set(time.time())
+            metrics.in_coll.set(1)
             dist.all_reduce(tensor)
             if use_cuda:
                 torch.cuda.synchronize(device)
             t2 = time.perf_counter()
-            g_in_coll.labels(**rank_label).set(0)
+            metrics.in_coll.set(0)
             tensor.div_(world)
-            done += 1
-            step_s, coll_s = t2 - t0, max(t2 - t1, 1e-9)
-            recent_steps.append(step_s)
-            recent_coll.append(coll_s)
-            algbw = nbytes * len(recent_coll) / sum(recent_coll)
-            busbw = names.bus_bandwidth(algbw, world)
-            steps.labels(**rank_label).inc()
-            g_heartbeat.labels(**rank_label).set(time.time())
-            g_step.labels(**rank_label).set(sum(recent_steps) / len(recent_steps))
-            g_compute.labels(**rank_label).set(t1 - t0)
-            g_coll.labels(**rank_label).set(coll_s)
-            g_algbw.labels(**rank_label).set(algbw)
-            g_busbw.labels(**rank_label).set(busbw)
-            if args.warmup_steps < done <= args.warmup_steps + args.baseline_steps:
-                base_steps.append(step_s)
-                base_busbw.append(names.bus_bandwidth(nbytes / coll_s, world))
-                if len(base_steps) == args.baseline_steps:
-                    g_base_step.labels(**rank_label).set(statistics.median(base_steps))
-                    g_base_busbw.labels(**rank_label).set(statistics.median(base_busbw))
-                    g_ready.labels(**rank_label).set(1)
+            steps.record(t2 - t0, t1 - t0, max(t2 - t1, 1e-9))
     except (RuntimeError, ValueError) as exc:  # a peer died or the collective timed out
-        print(f"rank {rank}: collective failed after {done} steps: {str(exc).splitlines()[0] if str(exc) else exc}",
-              file=sys.stderr, flush=True)
+        print(f"rank {rank}: collective failed after {steps.done} steps: "
+              f"{str(exc).splitlines()[0] if str(exc) else exc}", file=sys.stderr, flush=True)
         return 1
-    print(f"rank {rank}: finished {done} steps", file=sys.stderr, flush=True)
+    print(f"rank {rank}: finished {steps.done} steps", file=sys.stderr, flush=True)
     dist.destroy_process_group()
     return 0
+
+
+def _serve_metrics(args: argparse.Namespace, rank: int, metrics: _Metrics) -> bool:
+    """Serve ``/metrics`` on PORT+rank (when a port is given); False, with the reason printed, when it cannot."""
+    from prometheus_client import start_http_server
+
+    if not args.metrics_port:
+        return True
+    port = args.metrics_port + rank
+    try:
+        start_http_server(port, addr=args.metrics_host, registry=metrics.registry)
+    except OSError as exc:
+        print(f"rank {rank}: error: cannot serve /metrics on {args.metrics_host}:{port}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _write_rank_file(args: argparse.Namespace, rank: int, world: int, backend: str) -> None:
+    """``rank-<r>.json`` in the state directory: how chaos actions and the watchdog find this rank."""
+    if not args.state_dir:
+        return
+    state = Path(args.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    (state / f"rank-{rank}.json").write_text(json.dumps(
+        {"rank": rank, "pid": os.getpid(), "world_size": world, "backend": backend,
+         "metrics_url": f"http://{args.metrics_host}:{args.metrics_port + rank}/metrics"
+         if args.metrics_port else None}, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def _run(cmd: list[str], what: str, *, ok_errors: tuple[str, ...] = ()) -> str:
 
 
 def _name(namespace: str) -> str:
-    from forge_slo.train.launch import check_netns_name
+    from forge_slo.train import check_netns_name
 
     check_netns_name(namespace)
     return namespace

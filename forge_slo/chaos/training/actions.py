@@ -35,7 +35,7 @@ def start_training_job(state_dir: str, nproc: int = 2, metrics_port: int = 29600
     """Start the all-reduce job in the background (torchrun on loopback, ``nproc`` ranks, inside ``netns``
     when given; a job already started from this state directory is stopped first) and wait until every rank
     has measured its baseline."""
-    from forge_slo.train.launch import JobOptions, start_detached, stop_job
+    from forge_slo.train import JobOptions, start_detached, stop_job
 
     state = _state(state_dir)
     stop_job(state)
@@ -49,7 +49,7 @@ def start_training_job(state_dir: str, nproc: int = 2, metrics_port: int = 29600
 
 def stop_training_job(state_dir: str) -> dict[str, Any]:
     """Stop the job and every rank; a job that is not running is not an error."""
-    from forge_slo.train.launch import stop_job
+    from forge_slo.train import stop_job
 
     return {"stopped": stop_job(_state(state_dir))}
 
@@ -57,7 +57,7 @@ def stop_training_job(state_dir: str) -> dict[str, Any]:
 def restart_training_job(state_dir: str, netns: str = "", ready_timeout_s: float = 90) -> dict[str, Any]:
     """Stop the job and start it again with the same arguments, inside ``netns`` (empty: the host's network),
     as a scheduler would after a failure; waits until it is healthy."""
-    from forge_slo.train.launch import read_job, start_detached, stop_job
+    from forge_slo.train import read_job, start_detached, stop_job
 
     state = _state(state_dir)
     info = read_job(state)
@@ -69,8 +69,7 @@ def restart_training_job(state_dir: str, netns: str = "", ready_timeout_s: float
 
 def ensure_training_job(state_dir: str, netns: str = "", ready_timeout_s: float = 90) -> dict[str, Any]:
     """The rollback after a kill: start the job again unless it runs healthy in ``netns`` already."""
-    from forge_slo.train.launch import alive, read_job
-    from forge_slo.train.watchdog import watch
+    from forge_slo.train import alive, read_job, watch
 
     info = read_job(_state(state_dir))
     if alive(info.pid) and (info.netns or "") == netns and watch(info.metrics_urls()).healthy:
@@ -79,7 +78,7 @@ def ensure_training_job(state_dir: str, netns: str = "", ready_timeout_s: float 
 
 
 def _rank_pid(state_dir: str, rank: int) -> int:
-    from forge_slo.train.launch import rank_pid
+    from forge_slo.train import rank_pid
 
     if int(rank) < 0:
         raise UsageError(f"rank: {rank!r}; ranks count from 0")

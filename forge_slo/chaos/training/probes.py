@@ -8,7 +8,7 @@ import math
 
 from forge_slo.chaos._common import poll_until
 from forge_slo.errors import RunnerError, UsageError
-from forge_slo.train.watchdog import Verdict, watch
+from forge_slo.train import Verdict, watch
 
 __all__ = [
     "bus_bandwidth_gbps",
@@ -27,7 +27,7 @@ def _urls(state_dir: str, metrics_urls: list[str] | None) -> list[str]:
         return [str(u) for u in metrics_urls]
     if not state_dir:
         raise UsageError("give state_dir (the job's state directory) or metrics_urls (one per rank)")
-    from forge_slo.train.launch import read_job
+    from forge_slo.train import read_job
 
     return read_job(state_dir).metrics_urls()
 
