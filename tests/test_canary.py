@@ -745,16 +745,16 @@ def single_slo_spec(directory: Path, slo: str, preset: str = "vllm") -> Path:
 
 def _exposition(elapsed: float) -> str:
     """Two identical arms (label ``deployment``), counters growing at RATE_PER_S; three canary series NaN: its
-    SGLang aborted-requests counter (its request counter stays a number), one vLLM TTFT bucket and its vLLM
-    e2e request count (what scales its per-token ITL buckets)."""
+    TGI failure counter (its success counter stays a number), one vLLM TTFT bucket and its vLLM e2e request
+    count (what scales its per-token ITL buckets)."""
     lines = []
     for arm in ("baseline", "canary"):
         nan = arm == "canary"
         requests = RATE_PER_S * elapsed
         lines.append(f'vllm:request_success_total{{deployment="{arm}",finished_reason="stop"}} {requests}')
         lines.append(f'vllm:request_success_total{{deployment="{arm}",finished_reason="error"}} 0')
-        lines.append(f'sglang:num_requests_total{{deployment="{arm}"}} {requests}')
-        lines.append(f'sglang:num_aborted_requests_total{{deployment="{arm}"}} {"NaN" if nan else 0}')
+        lines.append(f'tgi_request_success{{deployment="{arm}"}} {requests}')
+        lines.append(f'tgi_request_failure{{deployment="{arm}",err="generation"}} {"NaN" if nan else 0}')
         for metric, per_request in (("time_to_first_token_seconds", 1), ("e2e_request_latency_seconds", 1),
                                     ("inter_token_latency_seconds", 10)):
             for le, share in SHARE_BELOW:
@@ -810,11 +810,10 @@ def nan_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometh
 
 def test_a_nan_error_count_in_prometheus_is_inconclusive_and_holds_flagger_promotion(
         nan_prometheus: PrometheusHandle, tmp_path: Path) -> None:
-    spec = single_slo_spec(tmp_path, "availability", preset="sglang")
+    spec = single_slo_spec(tmp_path, "availability", preset="tgi")
     # The real Prometheus really holds NaN for the canary's error counter, and numbers for its request counter.
-    assert math.isnan(float(nan_prometheus.query('sglang:num_aborted_requests_total{deployment="canary"}')[0]
-                            ["value"][1]))
-    assert float(nan_prometheus.query('sglang:num_requests_total{deployment="canary"}')[0]["value"][1]) > 0
+    assert math.isnan(float(nan_prometheus.query('tgi_request_failure{deployment="canary"}')[0]["value"][1]))
+    assert float(nan_prometheus.query('tgi_request_success{deployment="canary"}')[0]["value"][1]) > 0
     run = canary_cli("--spec", str(spec), "--prometheus", nan_prometheus.url, "--baseline", "deployment=baseline",
                      "--canary", "deployment=canary", "--window", "1m", "--json")
     assert run.returncode == 3, run.stdout + run.stderr
@@ -822,9 +821,10 @@ def test_a_nan_error_count_in_prometheus_is_inconclusive_and_holds_flagger_promo
     assert verdict["verdict"] == "inconclusive" and verdict["decision"] == "hold"
     check = verdict["metrics"][0]
     assert check["name"] == "availability.errors" and check["status"] == "invalid"
-    assert "the canary's error count is NaN, not a count: sum(sum(rate(sglang:num_aborted_requests_total{" \
-        'deployment="canary"}[1m]))) * 60' in check["explanation"]
-    assert "availability.errors: the canary's error count is NaN" in verdict["reason"]
+    # Its error count and its request count (served plus failed) both read the NaN counter.
+    assert "count is NaN, not a count" in check["explanation"]
+    assert 'tgi_request_failure{deployment="canary",err=~"generation|incomplete"}' in check["explanation"]
+    assert "availability.errors: the canary's request count is NaN" in verdict["reason"]
 
     gate = start_gate(tmp_path, spec, nan_prometheus.url)
     try:
@@ -832,7 +832,7 @@ def test_a_nan_error_count_in_prometheus_is_inconclusive_and_holds_flagger_promo
         for hook in ("confirm-promotion", "rollout"):
             r = httpx.post(f"{gate.url}/v1/flagger/{hook}", json=flagger_payload(**meta), timeout=30)
             assert r.status_code == 412, (hook, r.text)
-            assert r.json()["verdict"] == "inconclusive" and "error count is NaN" in r.json()["reason"]
+            assert r.json()["verdict"] == "inconclusive" and "count is NaN" in r.json()["reason"]
     finally:
         stop_gate(gate)
 
@@ -856,11 +856,11 @@ def test_nan_latency_buckets_or_request_counts_in_prometheus_are_inconclusive(
 
 
 def test_a_prometheus_answer_that_is_no_number_is_inconclusive(tmp_path: Path) -> None:
-    spec = single_slo_spec(tmp_path, "availability", preset="sglang")
+    spec = single_slo_spec(tmp_path, "availability", preset="tgi")
 
     def answer(path: str) -> tuple[int, str]:
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("query", [""])[0]
-        value = "lots" if "aborted" in query else "5000"
+        value = "lots" if "failure" in query else "5000"
         return 200, json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
             {"metric": {}, "value": [time.time(), value]}]}})
 

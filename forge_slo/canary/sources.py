@@ -22,21 +22,11 @@ from forge_slo.compile.sli import sli_queries
 from forge_slo.durations import format_duration
 from forge_slo.errors import SourceError
 from forge_slo.sources.prometheus import PrometheusClient, Sample
-from forge_slo.sources.records import RequestRecord
+from forge_slo.sources.records import RequestRecord, outcome_of
 from forge_slo.spec.model import SLO, AvailabilitySLI, LatencySLI, ServiceSpec, frozen_map
-from forge_slo.spec.presets import Histogram
+from forge_slo.spec.presets import QUANTITIES, Histogram
 
 ARMS = ("baseline", "canary")
-
-# Histograms observed once per generated token: a request's observations are not independent, so their
-# counts are scaled down to the number of requests before judging (conservative).
-PER_TOKEN_METRICS = frozenset({
-    "vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds", "sglang:inter_token_latency_seconds",
-})
-
-# Record field per latency alias (tpot/itl use the per-request TPOT: per-gap values are not independent).
-RECORD_FIELDS = {"ttft": "ttft_s", "e2e": "e2e_s", "tpot": "tpot_s", "itl": "tpot_s", "tpot_legacy": "tpot_s"}
-
 
 class CanarySource(Protocol):
     """A source of both arms' data. ``collect`` raises SourceError when the source cannot be read."""
@@ -97,7 +87,7 @@ class PrometheusSource:
         for arm, by_bound in cumulative.items():
             cum = np.maximum.accumulate(np.array([by_bound[b] for b in common], dtype=np.float64))
             counts[arm] = np.diff(np.concatenate([[0.0], cum]))
-        if histogram.metric in PER_TOKEN_METRICS:
+        if _per_token(spec, histogram):
             scaled = self._per_token_scale(spec, window, at, counts)
             if not isinstance(scaled, str):
                 return scaled
@@ -189,14 +179,6 @@ def _buckets(samples: Sequence[Sample], arm: str, query: str) -> dict[float, flo
 
 # ------------------------------------------------------------------------------------------------- records
 
-def is_server_error(record: RequestRecord) -> bool:
-    """A failed request the server is to blame for: not a client error (4xx other than 429)."""
-    if record.ok:
-        return False
-    status = record.status
-    return not (status is not None and 400 <= status < 500 and status != 429)
-
-
 class RecordsSource:
     """Both arms from per-request load-test records (warm-up records are left out).
 
@@ -232,36 +214,63 @@ class RecordsSource:
             if isinstance(slo.sli, LatencySLI):
                 out[slo.name] = _record_latency(slo.sli.alias, arms)
             elif isinstance(slo.sli, AvailabilitySLI):
-                counts = {arm: (float(sum(is_server_error(r) for r in recs)), float(len(recs)))
-                          for arm, recs in arms.items()}
-                (e_b, n_b), (e_c, n_c) = counts["baseline"], counts["canary"]
-                out[slo.name] = ErrorData(e_b, n_b, e_c, n_c,
-                                          "failed requests except client errors (4xx other than 429)")
+                out[slo.name] = _record_errors(slo.sli, arms)
         return out
 
 
+def _record_errors(sli: AvailabilitySLI, arms: Mapping[str, Sequence[RequestRecord]]) -> ErrorData:
+    """Failed requests over counted ones, sorted by outcome as the server's counters sort them: client errors
+    never count; shed requests (429, 503) count as failures or not at all, as the spec's policy says."""
+    failing = {"server_error", "shed"} if sli.policy.count_shed else {"server_error"}
+    counted = failing | {"served"}
+    counts = {}
+    for arm, recs in arms.items():
+        outcomes = [outcome_of(r) for r in recs]
+        counts[arm] = (float(sum(o in failing for o in outcomes)), float(sum(o in counted for o in outcomes)))
+    (e_b, n_b), (e_c, n_c) = counts["baseline"], counts["canary"]
+    shed = "shed requests (429, 503) count as failures" if sli.policy.count_shed else "shed requests left out"
+    return ErrorData(e_b, n_b, e_c, n_c, f"failed requests over served and failed ones; client errors left out, {shed}")
+
+
+def _per_token(spec: ServiceSpec, histogram: Histogram) -> bool:
+    quantity = QUANTITIES.get(spec.preset.alias_of(histogram)) if histogram in spec.preset.histograms.values() \
+        else None
+    return quantity is not None and quantity.per_token
+
+
 def _record_latency(alias: str, arms: Mapping[str, Sequence[RequestRecord]]) -> SloData:
-    field = RECORD_FIELDS.get(alias)
-    if field is None:
-        return MissingData(f"load-test records carry no {alias!r} latency "
-                           f"(they have {', '.join(sorted(set(RECORD_FIELDS.values())))})")
+    """One arm's latencies from the record field that measures the alias's quantity; per-token values (ITL)
+    are weighted down to the number of requests, since the gaps of one request are not independent."""
+    quantity = QUANTITIES.get(alias)
+    field = quantity.record_field if quantity is not None else None
+    if quantity is None or field is None:
+        measured = ", ".join(q.alias for q in QUANTITIES.values() if q.record_field)
+        return MissingData(f"load-test records do not measure {alias!r} (they measure {measured})")
     values: dict[str, np.ndarray] = {}
+    requests: dict[str, int] = {}
     for arm, recs in arms.items():
         picked = [(r, getattr(r, field)) for r in recs if r.ok and getattr(r, field) is not None]
-        bad = next(((r, v) for r, v in picked if not _is_seconds(v)), None)
+        flat = [(r, v) for r, value in picked for v in (value if quantity.per_token else (value,))]
+        bad = next(((r, v) for r, v in flat if not _is_seconds(v)), None)
         if bad is not None:
             return InvalidData(f"the {arm} record {_record_name(bad[0])} has {field} = {bad[1]!r}, "
                                "not a finite number of seconds >= 0")
-        values[arm] = np.array([v for _, v in picked], dtype=np.float64)
+        values[arm] = np.array([v for _, v in flat], dtype=np.float64)
+        requests[arm] = len(picked)
     both = np.concatenate([values["baseline"], values["canary"]])
     if both.size == 0:
         return MissingData(f"no successful requests with {field} in the records")
     grid = stats.log_grid(both)
+    counts = {arm: stats.bin_counts(grid, values[arm]) for arm in arms}
     note = "per-request values binned on a 0.1% log grid"
-    if field == "tpot_s" and alias in ("itl", "tpot_legacy"):
-        note += "; per-request TPOT stands for the per-token gaps (they are not independent)"
-    return LatencyData(tuple(grid.tolist()), tuple(stats.bin_counts(grid, values["baseline"]).tolist()),
-                       tuple(stats.bin_counts(grid, values["canary"]).tolist()), note)
+    if quantity.per_token:
+        for arm in arms:
+            if values[arm].size > requests[arm] > 0:
+                counts[arm] = counts[arm] * (requests[arm] / values[arm].size)
+        note = "per-token gaps binned on a 0.1% log grid, weighted to the number of requests (the gaps of one " \
+               "request are not independent)"
+    return LatencyData(tuple(grid.tolist()), tuple(counts["baseline"].tolist()), tuple(counts["canary"].tolist()),
+                       note)
 
 
 def _is_seconds(value: object) -> bool:

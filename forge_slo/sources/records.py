@@ -81,6 +81,23 @@ _OPTIONAL_STRINGS = ("error_kind", "finish_reason")
 _TOKENS_FROM = ("usage", "stream")
 
 
+# HTTP statuses a server answers when it sheds load (too many requests, queue full / unavailable).
+SHED_STATUSES = frozenset({429, 503})
+
+
+def outcome_of(record: RequestRecord) -> str:
+    """The outcome a server counts this request under, as the presets define them (``served``,
+    ``server_error``, ``shed``, ``client_error``): availability judged from records and from a server's
+    counters sorts requests the same way. A timeout, a cut stream or a malformed answer is the server's."""
+    if record.ok:
+        return "served"
+    if record.status in SHED_STATUSES:
+        return "shed"
+    if record.status is not None and 400 <= record.status < 500:
+        return "client_error"
+    return "server_error"
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
