@@ -857,6 +857,17 @@ def test_usage_up_to_max_tokens_spreads_zero_gaps() -> None:
     assert r.ok and r.output_tokens == 16 and len(r.itl_s) == 15 and r.itl_s.count(0.0) == 14
 
 
+def test_more_content_events_than_max_tokens_are_malformed_and_not_kept() -> None:
+    meter = StreamMeter(0.0, 16)
+    _feed(meter, [(0.1 + i / 100, _chunk("x")) for i in range(40)] + [(0.6, _chunk("", "stop"))])
+    assert meter.feed(b"data: [DONE]\n", 0.61)
+    assert len(meter.token_times) == 16 and meter.events == 40
+    r = meter.record(start_time=1.0, model="m", stage="s", warmup=False, trace_id="t")
+    assert not r.ok and r.error_kind == "malformed"
+    assert "40 content events, more than the request's max_tokens 16" in r.error
+    assert len(r.itl_s) == 15
+
+
 def test_cut_and_aborted_streams_are_failures() -> None:
     meter = StreamMeter(0.0, 16)
     _feed(meter, [(0.1, _chunk("a"))])

@@ -334,13 +334,22 @@ class Controller:
         self.sink.close()
         if self._server is not None:
             self._server.stop(timeout=1)
-        if self.out is not None:
-            from forge_slo.load.outputs import write_outputs
-
-            self.summary = write_outputs(self.out, self.run_meta(), self.spec)
-        for callback in self.on_finish:
-            callback()
+        try:
+            self._write_outputs()
+        finally:  # whatever happened, the run is over: the engine must not wait for it
+            for callback in self.on_finish:
+                callback()
         return self.summary
+
+    def _write_outputs(self) -> None:
+        if self.out is None:
+            return
+        from forge_slo.load.outputs import write_outputs
+
+        try:
+            self.summary = write_outputs(self.out, self.run_meta(), self.spec)
+        except ForgeError as exc:  # e.g. a records file this run cannot read back: no summary, exit code 1
+            log.error("cannot write the summary and report: %s", exc)
 
 
 class _Current:
