@@ -14,7 +14,7 @@ requests/s, tokens/s, client CPU per output token and tokens/s per client core, 
 (``/debug/stats``) over the same run, and a table of ratios forge-slo / aiohttp.
 
     python benchmarks/load_fidelity.py                     # about 2.5 minutes
-    python benchmarks/load_fidelity.py --levels 10,100 --window 3
+    python benchmarks/load_fidelity.py --levels 10,100 --window 3s
 
 Targets: at 100 streams TTFT error p99 under 2 ms, and CPU per token no more than the aiohttp client's in the
 same run. Loopback only; every run is bounded in time. It is a report: it exits 0 unless a client fails to run.
@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from forge_slo.durations import duration_flag  # noqa: E402
 from forge_slo.sim import SimProcess  # noqa: E402
 
 TTFT_S = 0.05
@@ -153,20 +154,21 @@ def pin(pid: int, cpu: int | None) -> None:
 # -- forge-slo: the load engine, as forge-slo load runs it -------------------------------------------------
 
 def run_forge(url: str, streams: int, warmup: float, window: float, client_cpu: int | None) -> Result:
-    from forge_slo.load.command import _load_dests
-    from forge_slo.load.engine import child_env
+    from forge_slo.load.messages import EnginePlan
+    from forge_slo.load.options import LoadOptions, Stage, endpoint_for
+    from forge_slo.load.workload import LengthDist
+    from forge_slo.runtime.process import child_env, python_module
 
     out = Path(tempfile.mkdtemp(prefix="forge-load-bench-"))
-    flags: dict[str, Any] = {d: None for d in _load_dests()}
-    flags.update(target=url, model=MODEL, api="chat", concurrency=str(streams), duration=f"{warmup + window:g}",
-                 warmup=f"{warmup:g}", prompt_tokens="16", output_tokens=str(OUTPUT_TOKENS), timeout="30s",
-                 max_in_flight=2000, seed=0, out=str(out), stop_on_fail=True, metrics_host="127.0.0.1")
-    plan = {"flags": flags, "workers": 0, "progress": "off"}
-    proc = subprocess.Popen([sys.executable, "-m", "forge_slo.load.engine"], stdin=subprocess.PIPE,
+    options = LoadOptions(target=url, endpoint=endpoint_for("chat"), model=MODEL,
+                          stages=(Stage("concurrency", streams),), duration_s=warmup + window, warmup_s=warmup,
+                          prompt_tokens=LengthDist("fixed", 16), output_tokens=LengthDist("fixed", OUTPUT_TOKENS),
+                          timeout_s=30.0, out=str(out), progress="off")
+    proc = subprocess.Popen(python_module("forge_slo.load.engine"), stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env())
     pin(proc.pid, client_cpu)
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(plan).encode())
+    proc.stdin.write(EnginePlan(options).to_line())
     proc.stdin.close()
     sampler = Sampler(proc.pid, client_cpu)
     sampler.run(lambda: proc.poll() is None, warmup + window + 60)
@@ -301,8 +303,8 @@ def fmt(value: float, digits: int = 1) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="10,100,500,1000", help="concurrent streams per step")
-    parser.add_argument("--window", type=float, default=4.0, help="measured seconds per run (default 4)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring (default 2)")
+    parser.add_argument("--window", type=duration_flag(), default="4s", help="measured time per run (default 4s)")
+    parser.add_argument("--warmup", type=duration_flag(), default="2s", help="time before measuring (default 2s)")
     parser.add_argument("--clients", default="forge-slo,aiohttp", help="which clients to run")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]

@@ -27,10 +27,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from forge_slo.errors import UsageError
-from forge_slo.load.judge import Criterion, good_requests, judge
+from forge_slo.errors import RunnerError, UsageError
+from forge_slo.load.judge import Criterion, SpecInfo, good_requests, judge
 from forge_slo.load.lifeline import watch
-from forge_slo.load.options import options_from_namespace
+from forge_slo.load.messages import EnginePlan, StageCommand, WorkerReport, WorkerSetup
+from forge_slo.load.options import LoadOptions, options_from_namespace
 from forge_slo.load.report import render_report
 from forge_slo.load.stream import StreamError, StreamMeter, record_json
 from forge_slo.load.summary import build_summary
@@ -673,9 +674,14 @@ def test_plain_locust_runs_the_same_flags(sim: SimProcess, tmp_path: Path) -> No
     assert re.search(r"chat\s+e2e", proc.stdout + proc.stderr)
 
 
-def test_demo_works_from_a_fresh_directory(tmp_path: Path) -> None:
+def _env_with_root() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def test_demo_works_from_a_fresh_directory(tmp_path: Path) -> None:
+    env = _env_with_root()
     proc = subprocess.run([sys.executable, "-m", "forge_slo.load", "demo", "--duration", "3s", "--progress", "off"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=90, env=env,
                           stdin=subprocess.DEVNULL)
@@ -700,6 +706,8 @@ def test_demo_works_from_a_fresh_directory(tmp_path: Path) -> None:
     (["--sweep", "users=1,2"], "--sweep"),
     (["--rate", "1", "--prompt-tokens", "uniform:5"], "--prompt-tokens"),
     (["--rate", "1", "--duration", "soon"], "--duration"),
+    (["--rate", "1", "--duration", "30"], "add a unit"),
+    (["--rate", "1", "--timeout", "0"], "--timeout"),
     (["--rate", "1", "--warmup", "10s", "--duration", "5s"], "--warmup"),
     (["--rate", "1", "--burstiness", "0.5"], "--burstiness"),
     (["--rate", "1", "--metrics-port", "70000"], "--metrics-port"),
@@ -712,6 +720,14 @@ def test_bad_flags_exit_2_with_a_message(args: list[str], message: str, tmp_path
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_demo_refuses_a_duration_without_a_unit(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "forge_slo.load", "demo", "--duration", "15"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env=_env_with_root(), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--duration" in proc.stderr and "add a unit" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "forge-slo-demo").exists()  # refused before anything started
 
 
 def test_bad_target_and_missing_model_exit_2(tmp_path: Path) -> None:
@@ -841,6 +857,17 @@ def test_usage_up_to_max_tokens_spreads_zero_gaps() -> None:
     assert r.ok and r.output_tokens == 16 and len(r.itl_s) == 15 and r.itl_s.count(0.0) == 14
 
 
+def test_more_content_events_than_max_tokens_are_malformed_and_not_kept() -> None:
+    meter = StreamMeter(0.0, 16)
+    _feed(meter, [(0.1 + i / 100, _chunk("x")) for i in range(40)] + [(0.6, _chunk("", "stop"))])
+    assert meter.feed(b"data: [DONE]\n", 0.61)
+    assert len(meter.token_times) == 16 and meter.events == 40
+    r = meter.record(start_time=1.0, model="m", stage="s", warmup=False, trace_id="t")
+    assert not r.ok and r.error_kind == "malformed"
+    assert "40 content events, more than the request's max_tokens 16" in r.error
+    assert len(r.itl_s) == 15
+
+
 def test_cut_and_aborted_streams_are_failures() -> None:
     meter = StreamMeter(0.0, 16)
     _feed(meter, [(0.1, _chunk("a"))])
@@ -884,8 +911,6 @@ def test_summary_and_report_of_an_empty_stage_and_a_sweep() -> None:
     records = [_rec(0.1, 0.01, (0.01,)), RequestRecord(start_time=12.0, model="m", ok=False,
                                                       error_kind="timeout", stage="rate=2")]
     crits = (Criterion("ttft", "latency", 99, "ttft", 0.25),)
-    from forge_slo.load.judge import SpecInfo
-
     summary = build_summary([dataclass_replace(records[0], stage="rate=1"), records[1]], run,
                             SpecInfo("svc", "spec.yaml", crits))
     assert [s["verdict"] for s in summary["stages"]] == ["pass", "fail"]
@@ -923,6 +948,39 @@ def test_flag_parsing() -> None:
     opts = options_from_namespace({"target": "http://h:1/gw", "model": "m", "concurrency": "3", "api": "completions"})
     assert opts.endpoint == "/gw/v1/completions" and opts.stages[0].name == "concurrency=3"
     assert parse_length("uniform:3:9").sample(random.Random(0)) in range(3, 10)
+
+
+def test_options_and_messages_travel_as_json(tmp_path: Path) -> None:
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "hi"}\n', encoding="utf-8")
+    opts = options_from_namespace({"target": "http://127.0.0.1:8000", "model": "m", "sweep": "rate=0.5,2",
+                                   "duration": "2.5s", "warmup": "500ms", "timeout": "1m30s", "api": "completions",
+                                   "prompt_tokens": "uniform:3:9", "output_tokens": "normal:100:10",
+                                   "dataset": str(data), "api_key": "k", "workers": 3, "max_requests": "7"})
+    spec = SpecInfo("chat", "spec.yaml", (Criterion("ttft", "latency", 99.5, "ttft", 0.25),
+                                          Criterion("av", "availability", 99.9),
+                                          Criterion("gw", "unjudged", 99, reason="not judged client-side")))
+    plan = EnginePlan(opts, spec, lifeline=True)
+    line = plan.to_line()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1  # one line on the engine's standard input
+    assert EnginePlan.from_line(line) == plan
+    assert EnginePlan.from_line(EnginePlan(opts).to_line()).spec is None
+    assert WorkerSetup.from_dict(json.loads(json.dumps(WorkerSetup(opts).to_dict()))).options == opts
+    command = StageCommand(index=1, name="rate=2", mode="rate", value=2.0, run=True, procs=2, users=2,
+                           duration_s=2.5, warmup_s=0.5, rate_per_user=1.0, max_requests=7)
+    assert StageCommand.from_dict(json.loads(json.dumps(command.to_dict()))) == command
+    assert command.stopped().run is False
+    report = WorkerReport(index=1, run=True, in_flight=3, sent=9, dropped=1, max_lag_s=0.002, quota_done=False,
+                          configured=True, lines=('{"a": 1}',))
+    assert WorkerReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    # A message from another machine is checked field by field; a wrong one names the field.
+    for bad, field in (({**report.to_dict(), "sent": "9"}, "'sent' is not a whole number"),
+                       ({**report.to_dict(), "lines": [1]}, "'lines' is not a list of strings"),
+                       ({k: v for k, v in command.to_dict().items() if k != "users"}, "no 'users'")):
+        with pytest.raises(RunnerError, match=field):
+            (WorkerReport if "lines" in bad else StageCommand).from_dict(bad)
+    with pytest.raises(RunnerError, match=r"load options: stages\[0\]: 'mode' is not one of rate, concurrency"):
+        LoadOptions.from_dict({**opts.to_dict(), "stages": [{"mode": "users", "value": 1}]})
 
 
 def test_the_test_process_never_imports_locust() -> None:

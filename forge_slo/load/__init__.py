@@ -1,7 +1,12 @@
 """Load testing of OpenAI-compatible servers with Locust, judged against SLO specs.
 
-``forge-slo load`` (or ``python -m forge_slo.load``) runs it: :mod:`forge_slo.load.command` holds the flags
-and the run, :mod:`forge_slo.load.user` the Locust side (import it only in a process that runs Locust:
-Locust monkey-patches the standard library with gevent). This package imports nothing on its own, so the
-CLI can add the flags cheaply.
+``forge-slo load`` (or ``python -m forge_slo.load``) runs it. The CLI's side, light (no Locust, no gevent):
+:mod:`~forge_slo.load.command` (flags), :mod:`~forge_slo.load.options` (flags parsed once into
+``LoadOptions``), :mod:`~forge_slo.load.launch` (start the engine, print the verdict) and
+:mod:`~forge_slo.load.demo`. The Locust side, only in the engine and its workers (Locust monkey-patches
+the standard library with gevent): :mod:`~forge_slo.load.engine` (the process), :mod:`~forge_slo.load.user`
+(a streaming request becomes a record), :mod:`~forge_slo.load.sender` (what each sending process holds),
+:mod:`~forge_slo.load.controller` (the stages, on the master), :mod:`~forge_slo.load.listeners` (Locust's
+events) and :mod:`~forge_slo.load.ghc` (the HTTP client patch); they talk through the typed
+:mod:`~forge_slo.load.messages`. This package imports nothing on its own, so the CLI can add the flags cheaply.
 """

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 from forge_slo.errors import UsageError
+from forge_slo.load.launch import run_load
+from forge_slo.load.options import MAX_WORKERS, LoadOptions, Stage, endpoint_for
+from forge_slo.load.workload import LengthDist
 
 EXAMPLE_SPEC = Path("slo_specs") / "chat.yaml"
 DEMO_MODEL = "sim-llama"
+DEMO_DEFAULT_DURATION = "15s"
+DEMO_DEFAULT_RATE = 4.0
+DEMO_WARMUP_S = 1.0
 
 # The example spec as shipped in slo_specs/chat.yaml, for installs without a checkout.
 BUILTIN_SPEC = """\
@@ -61,42 +66,41 @@ FAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_demo(*, out: str, duration: str, rate: str, spec: str | None, fault: str, workers: int,
+def run_demo(*, out: str, duration_s: float, rate: float, spec: str | None, fault: str, workers: int,
              progress: str) -> int:
-    from forge_slo.load.command import _load_dests, run_load
-    from forge_slo.load.options import add_load_arguments, options_from_namespace
+    """Start the simulator, load it at ``rate`` for ``duration_s`` and judge the run; the exit code."""
     from forge_slo.sim import SimProcess
 
+    if duration_s <= DEMO_WARMUP_S:
+        raise UsageError(f"--duration: the demo needs more than {DEMO_WARMUP_S:g}s (its first second is warm-up)")
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers: {workers} is not between 0 and {MAX_WORKERS}")
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out: {out_dir}: {exc.strerror or exc}") from None
-    if spec is None:
-        if EXAMPLE_SPEC.is_file():
-            spec = str(EXAMPLE_SPEC)
-        else:
-            builtin = out_dir / "demo-spec.yaml"
-            builtin.write_text(BUILTIN_SPEC, encoding="utf-8")
-            spec = str(builtin)
+    spec = spec or _default_spec(out_dir)
     config = dict(SIM_CONFIG)
     if fault != "none":
         config["faults"] = [FAULTS[fault]]
     with SimProcess(config) as sim:
         print(f"simulator: {sim.base_url} (model {DEMO_MODEL}{', fault: ' + fault if fault != 'none' else ''})")
         print(f"spec: {spec}")
-        parser = argparse.ArgumentParser(add_help=False)
-        add_load_arguments(parser)
-        argv = ["--target", sim.url, "--model", DEMO_MODEL, "--rate", rate, "--duration", duration,
-                "--warmup", "1s", "--prompt-tokens", "uniform:64:256", "--output-tokens", "uniform:32:96",
-                "--timeout", "30s", "--spec", spec, "--out", str(out_dir), "--workers", str(workers),
-                "--progress", progress]
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit:
-            raise UsageError(f"bad demo flags: {' '.join(argv)}") from None
-        options = options_from_namespace(args)
-        flags = {dest: getattr(args, dest, None) for dest in _load_dests()}
-        code = run_load(options, flags, workers, progress)
+        options = LoadOptions(
+            target=sim.url, endpoint=endpoint_for("chat"), model=DEMO_MODEL, stages=(Stage("rate", rate),),
+            duration_s=duration_s, warmup_s=DEMO_WARMUP_S, prompt_tokens=LengthDist("uniform", 64, 256),
+            output_tokens=LengthDist("uniform", 32, 96), timeout_s=30.0, spec_path=spec, out=str(out_dir),
+            workers=workers, progress=progress)
+        code = run_load(options)
     print(f"report: {out_dir / 'report.html'}")
     return code
+
+
+def _default_spec(out_dir: Path) -> str:
+    """slo_specs/chat.yaml when it is here, else the built-in copy written to ``out_dir``."""
+    if EXAMPLE_SPEC.is_file():
+        return str(EXAMPLE_SPEC)
+    builtin = out_dir / "demo-spec.yaml"
+    builtin.write_text(BUILTIN_SPEC, encoding="utf-8")
+    return str(builtin)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from forge_slo.errors import UsageError
+from forge_slo.load.wire import Fields
 from forge_slo.sources.records import RequestRecord
 from forge_slo.spec.model import AvailabilitySLI, LatencySLI, ServiceSpec
 
@@ -39,15 +40,29 @@ class Criterion:
         return asdict(self)
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> Criterion:
-        return Criterion(**data)
+    def from_dict(data: object, what: str = "criterion") -> Criterion:
+        c = Fields(data, what)
+        return Criterion(c.text("name"), c.choice("kind", ("latency", "availability", "unjudged")),
+                         c.number("objective_percent"), c.maybe_text("metric"), c.maybe_number("threshold_s"),
+                         c.text("reason"))
 
 
 @dataclass(frozen=True)
 class SpecInfo:
+    """The spec a run is judged against, as the client judges it: what the engine receives from the CLI."""
+
     service: str
     source: str
     criteria: tuple[Criterion, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "source": self.source, "criteria": [c.to_dict() for c in self.criteria]}
+
+    @staticmethod
+    def from_dict(data: object) -> SpecInfo:
+        f = Fields(data, "spec")
+        return SpecInfo(f.text("service"), f.text("source"),
+                        tuple(Criterion.from_dict(c.data, c.what) for c in f.children("criteria")))
 
 
 def select_spec(path: str, service: str | None) -> ServiceSpec:
@@ -65,6 +80,11 @@ def select_spec(path: str, service: str | None) -> ServiceSpec:
         names = ", ".join(s.service for s in specs) or "none"
         raise UsageError(f"--spec: {path} describes {len(specs)} services ({names}); pick one with --service")
     return specs[0]
+
+
+def judged_spec(path: str | None, service: str | None) -> SpecInfo | None:
+    """The criteria of ``--spec`` (and ``--service``), or None without a spec; SpecErrors or UsageError."""
+    return criteria_from_spec(select_spec(path, service)) if path else None
 
 
 def criteria_from_spec(spec: ServiceSpec) -> SpecInfo:

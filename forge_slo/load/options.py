@@ -1,8 +1,9 @@
 """The load generator's flags, shared by ``forge-slo load`` and Locust's own parser (``locust -f``).
 
-Flags are added to a parser as plain strings (so Locust can forward them to its workers as they are) and
-parsed once, at the edge, into a frozen :class:`LoadOptions`. Importing this module is cheap: no Locust, no
-gevent, no prometheus_client.
+Flags are added to a parser (the CLI's, or Locust's when it runs a locustfile) and parsed once, at the edge,
+into a frozen :class:`LoadOptions`. From there the options travel as data: to the engine process and to
+Locust's workers as JSON (:meth:`LoadOptions.to_dict`, :meth:`LoadOptions.from_dict`), never as flags again.
+Importing this module is cheap: no Locust, no gevent, no prometheus_client.
 """
 
 from __future__ import annotations
@@ -11,22 +12,26 @@ import argparse
 import math
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from forge_slo.durations import parse_duration
+from forge_slo.durations import duration_flag, parse_duration
 from forge_slo.errors import UsageError
-from forge_slo.load.workload import Dataset, LengthDist, load_dataset, parse_length
+from forge_slo.load.wire import Fields
+from forge_slo.load.workload import LengthDist, load_dataset, parse_length
 
 Api = Literal["chat", "completions"]
 Arrival = Literal["constant", "poisson", "gamma"]
 Mode = Literal["rate", "concurrency"]
+APIS: tuple[str, ...] = ("chat", "completions")
 ARRIVALS: tuple[str, ...] = ("constant", "poisson", "gamma")
+MODES: tuple[str, ...] = ("rate", "concurrency")
 PROGRESS_MODES: tuple[str, ...] = ("auto", "rich", "plain", "off")
 API_KEY_ENV = "OPENAI_API_KEY"
+MAX_WORKERS = 256
 
 DEFAULTS: dict[str, Any] = {
     "api": "chat",
@@ -59,28 +64,32 @@ class Stage:
         return f"concurrency={int(self.value)}"
 
 
+def endpoint_for(api: str, prefix: str = "") -> str:
+    """The path of the completions endpoint of ``api`` under a path ``prefix`` of the target."""
+    return prefix + ("/v1/chat/completions" if api == "chat" else "/v1/completions")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
-    """Everything a load run needs, typed and checked."""
+    """Everything a load run needs, typed and checked; it travels to the engine and workers as JSON."""
 
     target: str                      # scheme://host:port, no trailing slash
     endpoint: str                    # path of the completions endpoint, e.g. /v1/chat/completions
     model: str
-    api: Api
     stages: tuple[Stage, ...]
-    duration_s: float                # per stage
-    warmup_s: float                  # per stage, excluded from the summary
-    max_requests: int | None         # per stage
-    arrival: Arrival
-    burstiness: float
-    prompt_tokens: LengthDist
-    output_tokens: LengthDist
-    dataset: Dataset | None
-    dataset_path: str | None
-    ignore_eos: bool
-    timeout_s: float
-    max_in_flight: int
-    seed: int
+    api: Api = "chat"
+    duration_s: float = 60.0         # per stage
+    warmup_s: float = 0.0            # per stage, excluded from the summary
+    max_requests: int | None = None  # per stage
+    arrival: Arrival = "poisson"
+    burstiness: float = 1.0
+    prompt_tokens: LengthDist = LengthDist("fixed", 128)
+    output_tokens: LengthDist = LengthDist("fixed", 128)
+    dataset_path: str | None = None  # read where requests are built (each worker reads its own copy)
+    ignore_eos: bool = False
+    timeout_s: float = 120.0
+    max_in_flight: int = 2000
+    seed: int = 0
     api_key: str | None = field(default=None, repr=False)
     spec_path: str | None = None
     service: str | None = None
@@ -91,10 +100,57 @@ class LoadOptions:
     progress: str = "auto"
     max_line_bytes: int = 2**20          # one line of the event stream
     max_response_bytes: int = 64 * 2**20  # one answer's body
+    workers: int = 0                 # Locust worker processes the engine starts (0: it sends itself)
 
     @property
     def url(self) -> str:
         return self.target + self.endpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON object of every field: what the engine and the workers receive."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["stages"] = [{"mode": s.mode, "value": s.value} for s in self.stages]
+        for key in ("prompt_tokens", "output_tokens"):
+            dist: LengthDist = data[key]
+            data[key] = {"kind": dist.kind, "a": dist.a, "b": dist.b}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: object) -> LoadOptions:
+        """The options :meth:`to_dict` wrote; RunnerError naming the field when one is missing or wrong."""
+        f = Fields(data, "load options")
+        return cls(
+            target=f.text("target"), endpoint=f.text("endpoint"), model=f.text("model"),
+            stages=tuple(Stage(_mode(s.choice("mode", MODES)), s.number("value")) for s in f.children("stages")),
+            api=_api(f.choice("api", APIS)), duration_s=f.number("duration_s"), warmup_s=f.number("warmup_s"),
+            max_requests=f.maybe_whole("max_requests"), arrival=_arrival(f.choice("arrival", ARRIVALS)),
+            burstiness=f.number("burstiness"), prompt_tokens=_length(f.child("prompt_tokens")),
+            output_tokens=_length(f.child("output_tokens")), dataset_path=f.maybe_text("dataset_path"),
+            ignore_eos=f.flag("ignore_eos"), timeout_s=f.number("timeout_s"), max_in_flight=f.whole("max_in_flight"),
+            seed=f.whole("seed"), api_key=f.maybe_text("api_key"), spec_path=f.maybe_text("spec_path"),
+            service=f.maybe_text("service"), out=f.maybe_text("out"), metrics_port=f.maybe_whole("metrics_port"),
+            metrics_host=f.text("metrics_host"), stop_on_fail=f.flag("stop_on_fail"),
+            progress=f.choice("progress", PROGRESS_MODES), max_line_bytes=f.whole("max_line_bytes"),
+            max_response_bytes=f.whole("max_response_bytes"), workers=f.whole("workers"),
+        )
+
+
+def _mode(text: str) -> Mode:
+    return "rate" if text == "rate" else "concurrency"
+
+
+def _api(text: str) -> Api:
+    return "chat" if text == "chat" else "completions"
+
+
+def _arrival(text: str) -> Arrival:
+    return "constant" if text == "constant" else "gamma" if text == "gamma" else "poisson"
+
+
+def _length(f: Fields) -> LengthDist:
+    kind = f.choice("kind", ("fixed", "uniform", "normal"))
+    return LengthDist("fixed" if kind == "fixed" else "uniform" if kind == "uniform" else "normal",
+                      f.number("a"), f.number("b"))
 
 
 def add_load_arguments(parser: Any, *, locust: bool = False) -> None:
@@ -128,9 +184,9 @@ def add_load_arguments(parser: Any, *, locust: bool = False) -> None:
                    help="open-loop arrivals: constant intervals, poisson (default) or gamma (with --burstiness)")
     g.add_argument("--burstiness", metavar="B",
                    help="gamma shape factor: 1 is Poisson, below 1 burstier, above 1 more even (default 1)")
-    g.add_argument("--duration", default=DEFAULTS["duration"], metavar="D",
+    g.add_argument("--duration", type=duration_flag(), default=DEFAULTS["duration"], metavar="D",
                    help="how long each stage sends, e.g. 30s, 5m (default 60s)")
-    g.add_argument("--warmup", default=DEFAULTS["warmup"], metavar="D",
+    g.add_argument("--warmup", type=duration_flag(allow_zero=True), default=DEFAULTS["warmup"], metavar="D",
                    help="requests sent in the first D of each stage are recorded but left out of the summary "
                         "(default 0s)")
     g.add_argument("--max-requests", metavar="N", help="end a stage after sending N requests")
@@ -142,7 +198,7 @@ def add_load_arguments(parser: Any, *, locust: bool = False) -> None:
                    help="JSONL of prompts: {\"prompt\": ...} or {\"messages\": [...]}, optional \"max_tokens\"")
     g.add_argument("--ignore-eos", action="store_true",
                    help="send ignore_eos=true (vLLM, SGLang) so every answer is exactly max_tokens long")
-    g.add_argument("--timeout", default=DEFAULTS["timeout"], metavar="D",
+    g.add_argument("--timeout", type=duration_flag(), default=DEFAULTS["timeout"], metavar="D",
                    help="give up on a request after D (counted as a timeout; default 120s)")
     g.add_argument("--max-line-size", default=DEFAULTS["max_line_size"], metavar="SIZE",
                    help="a line of an answer's event stream longer than SIZE fails the request as malformed "
@@ -174,91 +230,145 @@ def add_load_arguments(parser: Any, *, locust: bool = False) -> None:
 
 def options_from_namespace(ns: argparse.Namespace | Mapping[str, Any], *, host: str | None = None,
                            default_users: int | None = None) -> LoadOptions:
-    """Check the flags and build the options; raises UsageError naming the flag."""
+    """Check the flags and build the options, once, at the edge; raises UsageError naming the flag.
+
+    ``ns`` is what a parser made of :func:`add_load_arguments` (durations already in seconds), or a mapping
+    of flag names to their text.
+    """
     get = (ns.get if isinstance(ns, Mapping) else lambda k, d=None: getattr(ns, k, d))
-    target_raw = get("target") or host
-    if not target_raw:
-        raise UsageError("--target (or Locust's --host): the server's URL is required")
-    target, prefix = _target(str(target_raw))
-    api = str(get("api") or DEFAULTS["api"])
-    if api not in ("chat", "completions"):
-        raise UsageError(f"--api: {api!r} is not chat or completions")
-    endpoint = get("endpoint")
-    if endpoint:
-        endpoint = str(endpoint)
-        if not endpoint.startswith("/"):
-            raise UsageError(f"--endpoint: {endpoint!r} must start with /")
-    else:
-        endpoint = prefix + ("/v1/chat/completions" if api == "chat" else "/v1/completions")
-    model = get("model")
-    if not model:
-        raise UsageError("--model: a model name is required")
-    stages = _stages(get("rate"), get("concurrency"), get("sweep"), default_users)
-    arrival = str(get("arrival") or DEFAULTS["arrival"])
-    if arrival not in ARRIVALS:
-        raise UsageError(f"--arrival: {arrival!r} is not one of {', '.join(ARRIVALS)}")
-    burst_raw = get("burstiness")
-    burstiness = 1.0
-    if burst_raw not in (None, ""):
-        burstiness = _positive_float("--burstiness", burst_raw)
-        if arrival != "gamma":
-            raise UsageError("--burstiness: only applies to --arrival gamma")
-    duration = _duration("--duration", get("duration") or DEFAULTS["duration"])
-    warmup = _duration("--warmup", get("warmup") or DEFAULTS["warmup"], allow_zero=True)
-    if warmup >= duration:
-        raise UsageError(f"--warmup: {warmup:g}s leaves nothing of a {duration:g}s stage to measure")
-    max_requests = None
-    if get("max_requests") not in (None, ""):
-        max_requests = _positive_int("--max-requests", get("max_requests"))
-    try:
-        prompt = parse_length(str(get("prompt_tokens") or DEFAULTS["prompt_tokens"]))
-    except ValueError as exc:
-        raise UsageError(f"--prompt-tokens: {exc}") from None
-    try:
-        output = parse_length(str(get("output_tokens") or DEFAULTS["output_tokens"]))
-    except ValueError as exc:
-        raise UsageError(f"--output-tokens: {exc}") from None
-    dataset_path = get("dataset")
-    dataset = load_dataset(str(dataset_path), api) if dataset_path else None
-    timeout = _duration("--timeout", get("timeout") or DEFAULTS["timeout"])
-    max_in_flight = _positive_int("--max-in-flight", get("max_in_flight", DEFAULTS["max_in_flight"]))
-    max_line = _size("--max-line-size", get("max_line_size") or DEFAULTS["max_line_size"])
-    max_response = _size("--max-response-size", get("max_response_size") or DEFAULTS["max_response_size"])
-    seed_raw = get("seed", 0)
-    try:
-        seed = int(seed_raw if seed_raw is not None else 0)
-    except (TypeError, ValueError):
-        raise UsageError(f"--seed: {seed_raw!r} is not an integer") from None
-    metrics_port = None
-    if get("metrics_port") not in (None, ""):
-        try:
-            metrics_port = int(str(get("metrics_port")))
-        except ValueError:
-            raise UsageError(f"--metrics-port: {get('metrics_port')!r} is not a port number") from None
-        if not 0 <= metrics_port < 65536:
-            raise UsageError(f"--metrics-port: {metrics_port} is not a port number (1-65535, or 0 for any)")
-    spec_path = get("spec")
-    if spec_path and not Path(str(spec_path)).exists():
-        raise UsageError(f"--spec: {spec_path}: no such file")
-    progress = str(get("progress") or "auto")
-    if progress not in PROGRESS_MODES:
-        raise UsageError(f"--progress: {progress!r} is not one of {', '.join(PROGRESS_MODES)}")
-    api_key = get("api_key") or os.environ.get(API_KEY_ENV) or None
+    target, endpoint, api = _where(get, host)
+    arrival = _choice("--arrival", get("arrival") or DEFAULTS["arrival"], ARRIVALS)
+    duration, warmup = _stage_times(get)
+    dataset_path = str(get("dataset")) if get("dataset") else None
+    if dataset_path:
+        load_dataset(dataset_path, api)  # checked here, so a bad line is exit 2 before anything starts
     return LoadOptions(
-        target=target, endpoint=endpoint, model=str(model), api="chat" if api == "chat" else "completions",
-        stages=stages, duration_s=duration, warmup_s=warmup, max_requests=max_requests,
-        arrival="constant" if arrival == "constant" else "gamma" if arrival == "gamma" else "poisson",
-        burstiness=burstiness, prompt_tokens=prompt, output_tokens=output, dataset=dataset,
-        dataset_path=str(dataset_path) if dataset_path else None, ignore_eos=bool(get("ignore_eos")),
-        timeout_s=timeout, max_in_flight=max_in_flight, seed=seed, api_key=str(api_key) if api_key else None,
-        spec_path=str(spec_path) if spec_path else None, service=get("service") or None,
-        out=str(get("out")) if get("out") else None, metrics_port=metrics_port,
-        metrics_host=str(get("metrics_host") or "127.0.0.1"), stop_on_fail=bool(get("stop_on_fail", True)),
-        progress=progress, max_line_bytes=max_line, max_response_bytes=max_response,
+        target=target, endpoint=endpoint, model=_model(get("model")), api=_api(api),
+        stages=_stages(get("rate"), get("concurrency"), get("sweep"), default_users),
+        duration_s=duration, warmup_s=warmup, max_requests=_optional_int("--max-requests", get("max_requests")),
+        arrival=_arrival(arrival), burstiness=_burstiness(get("burstiness"), arrival),
+        prompt_tokens=_length_flag("--prompt-tokens", get("prompt_tokens") or DEFAULTS["prompt_tokens"]),
+        output_tokens=_length_flag("--output-tokens", get("output_tokens") or DEFAULTS["output_tokens"]),
+        dataset_path=dataset_path, ignore_eos=bool(get("ignore_eos")),
+        timeout_s=_seconds("--timeout", get("timeout") or DEFAULTS["timeout"]),
+        max_in_flight=_positive_int("--max-in-flight", get("max_in_flight", DEFAULTS["max_in_flight"])),
+        seed=_whole("--seed", get("seed", 0)), api_key=_api_key(get("api_key")), spec_path=_spec_path(get("spec")),
+        service=get("service") or None, out=str(get("out")) if get("out") else None,
+        metrics_port=_port(get("metrics_port")), metrics_host=str(get("metrics_host") or DEFAULTS["metrics_host"]),
+        stop_on_fail=bool(get("stop_on_fail", True)),
+        progress=_choice("--progress", get("progress") or DEFAULTS["progress"], PROGRESS_MODES),
+        max_line_bytes=_size("--max-line-size", get("max_line_size") or DEFAULTS["max_line_size"]),
+        max_response_bytes=_size("--max-response-size", get("max_response_size") or DEFAULTS["max_response_size"]),
+        workers=_workers(get("workers")),
     )
 
 
-def _target(raw: str) -> tuple[str, str]:
+def _where(get: Callable[..., Any], host: str | None) -> tuple[str, str, str]:
+    """(target, endpoint, api) from --target (or Locust's --host), --api and --endpoint."""
+    target_raw = get("target") or host
+    if not target_raw:
+        raise UsageError("--target (or Locust's --host): the server's URL is required")
+    target, prefix = split_target(str(target_raw))
+    api = _choice("--api", get("api") or DEFAULTS["api"], APIS)
+    endpoint = get("endpoint")
+    if not endpoint:
+        return target, endpoint_for(api, prefix), api
+    if not str(endpoint).startswith("/"):
+        raise UsageError(f"--endpoint: {endpoint!r} must start with /")
+    return target, str(endpoint), api
+
+
+def _model(raw: Any) -> str:
+    if not raw:
+        raise UsageError("--model: a model name is required")
+    return str(raw)
+
+
+def _choice(flag: str, raw: Any, choices: tuple[str, ...]) -> str:
+    text = str(raw)
+    if text not in choices:
+        raise UsageError(f"{flag}: {text!r} is not one of {', '.join(choices)}")
+    return text
+
+
+def _stage_times(get: Callable[..., Any]) -> tuple[float, float]:
+    """(--duration, --warmup) in seconds; the warm-up must leave part of the stage to measure."""
+    duration = _seconds("--duration", get("duration") or DEFAULTS["duration"])
+    warmup = _seconds("--warmup", get("warmup") or DEFAULTS["warmup"], allow_zero=True)
+    if warmup >= duration:
+        raise UsageError(f"--warmup: {warmup:g}s leaves nothing of a {duration:g}s stage to measure")
+    return duration, warmup
+
+
+def _seconds(flag: str, raw: Any, *, allow_zero: bool = False) -> float:
+    """Seconds of a duration flag: argparse's ``duration_flag`` gave them already, or the text is parsed here."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    try:
+        return parse_duration(str(raw), allow_zero=allow_zero)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def _burstiness(raw: Any, arrival: str) -> float:
+    if raw in (None, ""):
+        return 1.0
+    if arrival != "gamma":
+        raise UsageError("--burstiness: only applies to --arrival gamma")
+    return positive_number("--burstiness", raw)
+
+
+def _length_flag(flag: str, raw: Any) -> LengthDist:
+    try:
+        return parse_length(str(raw))
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def _optional_int(flag: str, raw: Any) -> int | None:
+    return None if raw in (None, "") else _positive_int(flag, raw)
+
+
+def _whole(flag: str, raw: Any) -> int:
+    try:
+        return int(raw if raw is not None else 0)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: {raw!r} is not an integer") from None
+
+
+def _api_key(raw: Any) -> str | None:
+    key = raw or os.environ.get(API_KEY_ENV) or None
+    return str(key) if key else None
+
+
+def _spec_path(raw: Any) -> str | None:
+    if not raw:
+        return None
+    if not Path(str(raw)).exists():
+        raise UsageError(f"--spec: {raw}: no such file")
+    return str(raw)
+
+
+def _port(raw: Any) -> int | None:
+    if raw in (None, ""):
+        return None
+    try:
+        port = int(str(raw))
+    except ValueError:
+        raise UsageError(f"--metrics-port: {raw!r} is not a port number") from None
+    if not 0 <= port < 65536:
+        raise UsageError(f"--metrics-port: {port} is not a port number (1-65535, or 0 for any)")
+    return port
+
+
+def _workers(raw: Any) -> int:
+    workers = _whole("--workers", raw)
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers: {workers} is not between 0 and {MAX_WORKERS}")
+    return workers
+
+
+def split_target(raw: str) -> tuple[str, str]:
     """``http://h:p/v1`` -> (``http://h:p``, ``""``); a path other than /v1 becomes a prefix."""
     parts = urlsplit(raw.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -282,7 +392,7 @@ def _stages(rate: Any, concurrency: Any, sweep: Any, default_users: int | None) 
     if len(given) > 1:
         raise UsageError(f"{given[1]}: give only one of --rate, --concurrency and --sweep")
     if rate not in (None, ""):
-        return (Stage("rate", _positive_float("--rate", rate)),)
+        return (Stage("rate", positive_number("--rate", rate)),)
     if concurrency not in (None, ""):
         return (Stage("concurrency", _positive_int("--concurrency", concurrency)),)
     if sweep not in (None, ""):
@@ -296,14 +406,15 @@ def _stages(rate: Any, concurrency: Any, sweep: Any, default_users: int | None) 
         if len(values) > 100:
             raise UsageError("--sweep: at most 100 stages")
         if kind == "rate":
-            return tuple(Stage("rate", _positive_float("--sweep", v)) for v in values)
+            return tuple(Stage("rate", positive_number("--sweep", v)) for v in values)
         return tuple(Stage("concurrency", _positive_int("--sweep", v)) for v in values)
     if default_users:
         return (Stage("concurrency", default_users),)
     raise UsageError("one of --rate, --concurrency or --sweep is required")
 
 
-def _positive_float(flag: str, raw: Any) -> float:
+def positive_number(flag: str, raw: Any) -> float:
+    """A finite number above zero; UsageError naming ``flag`` otherwise."""
     try:
         value = float(str(raw).strip())
     except ValueError:
@@ -336,24 +447,4 @@ def _size(flag: str, raw: Any) -> int:
     value = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
     if not 0 < value <= MAX_SIZE:
         raise UsageError(f"{flag}: {raw!r} must be between 1 byte and 1024GiB")
-    return value
-
-
-_SIMPLE_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _duration(flag: str, raw: Any, *, allow_zero: bool = False) -> float:
-    """Seconds from ``30``, ``2.5s``, ``500ms``, ``5m`` or a Prometheus duration such as ``1m30s``."""
-    text = str(raw).strip()
-    simple = _SIMPLE_DURATION.match(text)
-    try:
-        value = float(simple.group(1)) * _UNIT_S[simple.group(2)] if simple else float(text)
-    except ValueError:
-        try:
-            value = parse_duration(text)
-        except ValueError as exc:
-            raise UsageError(f"{flag}: {exc}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"{flag}: {raw!r} must be a positive duration such as 30s")
     return value

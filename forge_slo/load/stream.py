@@ -15,8 +15,9 @@ module knows the OpenAI event format and the project's metric definitions (see t
 - e2e: request sent -> the ``[DONE]`` event (or the end of the body when a server sends no ``[DONE]``).
 
 An event that is not the JSON of a completion chunk fails the request as ``malformed`` (it is never counted
-as a token), and so does a ``usage.completion_tokens`` above the request's ``max_tokens``: such a count
-cannot be true, and nothing here is ever allocated in proportion to a number the server sends.
+as a token), and so do a ``usage.completion_tokens`` above the request's ``max_tokens`` and more content
+events than ``max_tokens``: such a count cannot be true, and nothing here is ever allocated in proportion to
+what the server sends (the times of events beyond ``max_tokens`` are not kept).
 """
 
 from __future__ import annotations
@@ -59,14 +60,15 @@ class StreamMeter:
     parsed in full.
     """
 
-    __slots__ = ("t_sent", "max_tokens", "token_times", "finish_reason", "prompt_tokens", "completion_tokens",
-                 "done", "t_done", "t_last", "bytes", "error_kind", "error", "status", "_prefix", "_suffix",
-                 "_templates_tried")
+    __slots__ = ("t_sent", "max_tokens", "token_times", "excess_events", "finish_reason", "prompt_tokens",
+                 "completion_tokens", "done", "t_done", "t_last", "bytes", "error_kind", "error", "status",
+                 "_prefix", "_suffix", "_templates_tried")
 
     def __init__(self, t_sent: float, max_tokens: int) -> None:
         self.t_sent = t_sent
         self.max_tokens = max_tokens  # what the request asked for: the bound of a believable usage count
-        self.token_times: list[float] = []
+        self.token_times: list[float] = []  # at most max_tokens: a server that sends more is counted, not kept
+        self.excess_events = 0
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
@@ -99,7 +101,7 @@ class StreamMeter:
         if not payload:
             return False
         if self._fits_template(payload):
-            self.token_times.append(now)
+            self._token(now)
             return False
         self._parse(payload, now)
         return False
@@ -126,7 +128,7 @@ class StreamMeter:
             key = _check_choices(choices, payload)
             choice = choices[0]
             if key is not None:
-                self.token_times.append(now)
+                self._token(now)
                 if self._templates_tried < _TEMPLATE_TRIES:
                     self._learn_template(payload, event, key)
             reason = choice.get("finish_reason")
@@ -142,6 +144,17 @@ class StreamMeter:
             raise StreamError("malformed", f"'choices' is not a list of objects: {_clip(payload)}")
         if usage is not None:
             self._take_usage(usage, payload)
+
+    def _token(self, now: float) -> None:
+        if len(self.token_times) < self.max_tokens:
+            self.token_times.append(now)
+        else:
+            self.excess_events += 1
+
+    @property
+    def events(self) -> int:
+        """Content events received, kept or not."""
+        return len(self.token_times) + self.excess_events
 
     def _take_usage(self, usage: Any, payload: bytes) -> None:
         if not isinstance(usage, dict):
@@ -198,6 +211,12 @@ class StreamMeter:
         if ok and self.finish_reason in ("abort", "error"):
             self.error_kind = "stream_cut" if self.finish_reason == "abort" else "other"
             self.error = f"the server finished the stream with finish_reason={self.finish_reason!r}"
+            ok = False
+        if ok and self.excess_events:
+            # As with a usage count above max_tokens: such a stream cannot be true, and its gaps are not kept.
+            self.error_kind = "malformed"
+            self.error = (f"the server sent {self.events} content events, more than the request's max_tokens "
+                          f"{self.max_tokens}")
             ok = False
         if self.completion_tokens is not None and ok:
             output = self.completion_tokens

@@ -1,0 +1,385 @@
+"""The controller of a load run, in Locust's master (or its only process): the plan of stages and its outputs.
+
+It gives the workers the run's options (:class:`~forge_slo.load.messages.WorkerSetup`), then walks through
+the stages: sets the users of a stage through :class:`ForgeLoadShape` (Locust's load shape), tells every
+sending process to run it (:class:`~forge_slo.load.messages.StageCommand`), stops it after ``--duration``
+or ``--max-requests``, waits for the requests in flight, and stops a sweep at the first stage that missed
+an SLO. Records arrive in :class:`~forge_slo.load.messages.WorkerReport` messages (or straight from this
+process's users); at the end it writes ``run.json``, ``summary.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent  # type: ignore[import-untyped]
+from locust import LoadTestShape
+from locust.env import Environment
+from locust.runners import MasterRunner
+
+from forge_slo.errors import ForgeError
+from forge_slo.load.judge import SpecInfo, judge
+from forge_slo.load.messages import SETUP, STAGE, StageCommand, WorkerReport, WorkerSetup
+from forge_slo.load.options import LoadOptions, Stage
+from forge_slo.load.sender import SENDER, freeze_heap
+from forge_slo.load.sink import RecordSink
+from forge_slo.runtime.net import url_of
+
+log = logging.getLogger("forge_slo.load")
+
+STAGE_BROADCAST_S = 0.5   # the current stage (and the options, to a worker without them) is sent again so often
+FLUSH_INTERVAL_S = 0.5
+WORKER_WAIT_S = 60.0      # for every worker to take the run's options
+
+
+class Controller:
+    """Walks through the stages, collects the records and writes the outputs (master or local runner)."""
+
+    def __init__(self, env: Environment, options: LoadOptions, spec: SpecInfo | None) -> None:
+        self.env = env
+        self.options = options
+        self.spec = spec
+        self.out = Path(options.out) if options.out else None
+        metrics = None
+        if options.metrics_port is not None:
+            from forge_slo.load.metrics import LoadMetrics
+
+            metrics = LoadMetrics()
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.sink = RecordSink(self.out / "records.jsonl" if self.out else None, metrics,
+                               keep=spec is not None and options.stop_on_fail and len(options.stages) > 1)
+        self.distributed = isinstance(env.runner, MasterRunner)
+        self.desired: tuple[int, float] | None = (0, 1.0)
+        self.started = False
+        self.done = False
+        self.interrupted = False
+        self.stopped_early: str | None = None
+        self.started_at: float | None = None
+        self.stages: list[dict[str, Any]] = []    # run.json's stages, as they happen
+        self.current: dict[str, Any] | None = None
+        self.command: StageCommand | None = None
+        self.reports: dict[str, WorkerReport] = {}
+        self.summary: dict[str, Any] | None = None
+        self.finalized = False
+        self.metrics_url: str | None = None
+        self._server: Any = None
+        self._greenlets: list[Any] = []
+        self.on_finish: list[Callable[[], None]] = []
+        if metrics is not None:
+            self._serve_metrics(metrics)
+
+    def _serve_metrics(self, metrics: Any) -> None:
+        from gevent.pywsgi import WSGIServer  # type: ignore[import-untyped]
+        from prometheus_client import make_wsgi_app
+
+        opts = self.options
+        server = WSGIServer((opts.metrics_host, opts.metrics_port or 0), make_wsgi_app(metrics.registry), log=None,
+                            error_log=None)
+        server.start()
+        self._server = server
+        self.metrics_url = url_of((opts.metrics_host, server.server_port)) + "/metrics"
+        print(f"client metrics: {self.metrics_url}", flush=True)
+
+    # -- the processes that send
+    def procs(self) -> int:
+        runner = self.env.runner
+        if isinstance(runner, MasterRunner):
+            return max(1, runner.worker_count)
+        return 1
+
+    def _send(self, kind: str, data: dict[str, Any]) -> None:
+        runner = self.env.runner
+        if isinstance(runner, MasterRunner):
+            runner.send_message(kind, data)
+
+    def _reports(self) -> list[WorkerReport]:
+        if self.distributed:
+            return list(self.reports.values())
+        return [SENDER.report()]
+
+    def _workers_configured(self) -> bool:
+        return sum(1 for r in self.reports.values() if r.configured) >= self.procs()
+
+    def on_worker_report(self, node_id: str, report: WorkerReport) -> None:
+        if report.lines:
+            try:
+                self.sink.add_lines(report.lines, f"worker {node_id}")
+            except ForgeError as exc:
+                log.error("bad records from worker %s: %s", node_id, exc)
+        self.reports[node_id] = report.without_lines()
+
+    def _broadcast(self, command: StageCommand) -> None:
+        self.command = command
+        if self.distributed:
+            self._send(STAGE, command.to_dict())
+        else:
+            SENDER.apply_stage(command)
+
+    # -- the stages
+    def start(self) -> None:
+        """Start the run (from the load shape's first tick): options to the workers, then the first stage."""
+        if self.started:
+            return
+        self.started = True
+        freeze_heap()
+        self.started_at = time.time()
+        self._greenlets.append(gevent.spawn(self._housekeeping))
+        if self.distributed:
+            self._send(SETUP, WorkerSetup(self.options).to_dict())
+            # Users are built with the options (timeouts, connection pool): none before a worker has them.
+            if not self._wait(self._workers_configured, WORKER_WAIT_S) and not self.interrupted:
+                configured = sum(1 for r in self.reports.values() if r.configured)
+                log.warning("%d of %d workers took the run's options; starting anyway", configured, self.procs())
+        first = self.options.stages[0]
+        self.desired = (self._users(first), self._spawn_rate(self._users(first)))
+        self._greenlets.append(gevent.spawn(self._run))
+
+    def _users(self, stage: Stage) -> int:
+        return self.procs() if stage.mode == "rate" else int(stage.value)
+
+    @staticmethod
+    def _spawn_rate(users: float) -> float:
+        # Locust starts floor(rate) users at once, once a second: all of them now. Each stream then waits
+        # for its own slot of the stagger window (ProcStage.stagger) before its first request.
+        return max(float(users), 1.0)
+
+    def _wait(self, done: Callable[[], bool], limit_s: float) -> bool:
+        deadline = time.perf_counter() + limit_s
+        while not done():
+            if self.interrupted or time.perf_counter() > deadline:
+                return False
+            gevent.sleep(0.05)
+        return True
+
+    def _run(self) -> None:
+        try:
+            for index, stage in enumerate(self.options.stages):
+                if self.interrupted or not self._run_stage(index, stage):
+                    break
+        except gevent.GreenletExit:
+            raise
+        except Exception:
+            log.exception("the stage controller failed")
+            self.interrupted = True
+        self.done = True
+        self.desired = None
+
+    def _run_stage(self, index: int, stage: Stage) -> bool:
+        """Run one stage to its end and drain it; False when the run ends here."""
+        opts = self.options
+        procs = self.procs()
+        users = self._users(stage)
+        if not self._await_users(stage, users):
+            return False
+        command = StageCommand(index=index, name=stage.name, mode=stage.mode, value=stage.value, run=True,
+                               procs=procs, users=users, duration_s=opts.duration_s, warmup_s=opts.warmup_s,
+                               rate_per_user=stage.value / users if stage.mode == "rate" else None,
+                               max_requests=opts.max_requests)
+        self.sink.start_stage(stage.name)
+        meta = self._open_stage(stage, users)
+        self._broadcast(command)
+        meta["stopped_by"] = self._hold(index, procs)
+        meta["ended_at"] = time.time()
+        self._broadcast(command.stopped())
+        if self.interrupted:
+            return False
+        self._drain(index, meta)
+        self.current = None
+        return not self._missed_slos(stage, index)
+
+    def _await_users(self, stage: Stage, users: int) -> bool:
+        """Ask Locust for the stage's users and wait until they run; False when interrupted meanwhile."""
+        runner = self.env.runner
+        assert runner is not None
+        self.desired = (users, self._spawn_rate(users))
+        if not self._wait(lambda: runner.user_count == users, 30.0 + users / 50.0):
+            if self.interrupted:
+                return False
+            log.warning("stage %s: %d of %d users running; starting anyway", stage.name, runner.user_count, users)
+        return True
+
+    def _open_stage(self, stage: Stage, users: int) -> dict[str, Any]:
+        now = time.time()
+        meta: dict[str, Any] = {"name": stage.name, "mode": stage.mode, "value": stage.value, "users": users,
+                                "started_at": now, "measure_from": now + self.options.warmup_s, "ended_at": None,
+                                "stopped_by": None}
+        self.current = meta
+        self.stages.append(meta)
+        return meta
+
+    def _hold(self, index: int, procs: int) -> str:
+        """Let the stage run until ``--duration``, its ``--max-requests`` or an interrupt; which one ended it."""
+        deadline = time.perf_counter() + self.options.duration_s
+        while True:
+            if self.interrupted:
+                return "interrupt"
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return "duration"
+            if self.options.max_requests and self._quota_done(index, procs):
+                return "max_requests"
+            gevent.sleep(min(0.05, left))
+
+    def _drain(self, index: int, meta: dict[str, Any]) -> None:
+        """Wait (up to ``--timeout``) for the stage's requests in flight, then count the stage."""
+        drained = self._wait(lambda: self._drained(index), self.options.timeout_s + 5.0)
+        self._stage_counts(meta, index)
+        meta["drained_at"] = time.time()
+        if not drained and not self.interrupted:
+            log.warning("stage %s: %d requests still running after the timeout", meta["name"], meta["cancelled"])
+
+    def _missed_slos(self, stage: Stage, index: int) -> bool:
+        """Whether a sweep stops here: the stage missed an SLO and ``--no-stop-on-fail`` was not given."""
+        opts = self.options
+        if not self.spec or not opts.stop_on_fail or index + 1 >= len(opts.stages):
+            return False
+        records = [r for r in self.sink.stage_records() if not r.warmup]
+        missed = [s["name"] for s in judge(records, self.spec.criteria) if s["judged"] and not s["met"]]
+        if missed:
+            self.stopped_early = f"stage {stage.name} missed {', '.join(missed)}"
+        return bool(missed)
+
+    def _quota_done(self, index: int, procs: int) -> bool:
+        reports = [r for r in self._reports() if r.index == index]
+        return len(reports) >= procs and all(r.quota_done for r in reports)
+
+    def _drained(self, index: int) -> bool:
+        reports = self._reports()
+        return bool(reports) and all(r.index != index or (not r.run and r.in_flight == 0) for r in reports)
+
+    def _stage_counts(self, meta: dict[str, Any], index: int) -> None:
+        reports = [r for r in self._reports() if r.index == index]
+        meta["sent"] = sum(r.sent for r in reports)
+        meta["dropped"] = sum(r.dropped for r in reports)
+        meta["cancelled"] = sum(r.in_flight for r in reports)
+        meta["max_schedule_lag_s"] = max((r.max_lag_s for r in reports), default=0.0)
+
+    def _housekeeping(self) -> None:
+        last_broadcast = 0.0
+        while not self.finalized:
+            gevent.sleep(min(FLUSH_INTERVAL_S, STAGE_BROADCAST_S))
+            self.sink.flush()
+            now = time.perf_counter()
+            if self.distributed and now - last_broadcast >= STAGE_BROADCAST_S:
+                last_broadcast = now
+                if not self._workers_configured():  # a late worker, or one that missed the first setup
+                    self._send(SETUP, WorkerSetup(self.options).to_dict())
+                if self.command is not None:
+                    self._send(STAGE, self.command.to_dict())  # late workers join the stage
+            if self.sink.metrics is not None:
+                self.sink.metrics.set_in_flight(self.options.model, self.in_flight())
+
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self._reports())
+
+    def live(self) -> dict[str, Any]:
+        """Figures of the current stage for the progress display."""
+        view = self.sink.live_view()
+        view["in_flight"] = self.in_flight()
+        return view
+
+    # -- the end
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+    def run_meta(self) -> dict[str, Any]:
+        opts = self.options
+        return {
+            "version": 1,
+            "target": opts.target,
+            "endpoint": opts.endpoint,
+            "model": opts.model,
+            "api": opts.api,
+            "workers": self.procs() if self.distributed else 0,
+            "started_at": self.started_at,
+            "finished_at": time.time(),
+            "interrupted": self.interrupted,
+            "stopped_early": self.stopped_early,
+            "stages_planned": [s.name for s in opts.stages],
+            "stages": self.stages,
+            "metrics_url": self.metrics_url,
+            "workload": {
+                "arrival": opts.arrival, "burstiness": opts.burstiness, "duration_s": opts.duration_s,
+                "warmup_s": opts.warmup_s, "max_requests": opts.max_requests,
+                "prompt_tokens": opts.prompt_tokens.describe(), "output_tokens": opts.output_tokens.describe(),
+                "dataset": opts.dataset_path, "ignore_eos": opts.ignore_eos, "timeout_s": opts.timeout_s,
+                "max_in_flight": opts.max_in_flight, "seed": opts.seed,
+                "max_line_bytes": opts.max_line_bytes, "max_response_bytes": opts.max_response_bytes,
+            },
+        }
+
+    def finalize(self, interrupted: bool = False) -> dict[str, Any] | None:
+        """Close the records and write run.json, summary.json and report.html (once)."""
+        if self.finalized:
+            return self.summary
+        self.finalized = True
+        if interrupted or not self.done:
+            self.interrupted = True
+        meta = self.current
+        if meta is not None and meta.get("ended_at") is None:
+            meta["ended_at"] = time.time()
+            meta["stopped_by"] = "interrupt"
+        if meta is not None:
+            self._stage_counts(meta, len(self.stages) - 1)
+        for greenlet in self._greenlets:
+            if greenlet is not gevent.getcurrent():
+                greenlet.kill(block=False)
+        if not self.distributed:
+            SENDER.group.kill(block=False)
+        self.sink.close()
+        if self._server is not None:
+            self._server.stop(timeout=1)
+        try:
+            self._write_outputs()
+        finally:  # whatever happened, the run is over: the engine must not wait for it
+            for callback in self.on_finish:
+                callback()
+        return self.summary
+
+    def _write_outputs(self) -> None:
+        if self.out is None:
+            return
+        from forge_slo.load.outputs import write_outputs
+
+        try:
+            self.summary = write_outputs(self.out, self.run_meta(), self.spec)
+        except ForgeError as exc:  # e.g. a records file this run cannot read back: no summary, exit code 1
+            log.error("cannot write the summary and report: %s", exc)
+
+
+class _Current:
+    """The controller of this process, once the options are known (None in a worker)."""
+
+    controller: Controller | None = None
+
+
+CONTROL = _Current()
+
+
+def setup_controller(env: Environment, options: LoadOptions, spec: SpecInfo | None) -> Controller:
+    """The controller of a run (master or local); in one process, its users send from here too."""
+    distributed = isinstance(env.runner, MasterRunner)
+    if not distributed:
+        SENDER.configure(options, 0)  # first: a dataset that cannot be read stops the run before it starts
+    ctl = Controller(env, options, spec)
+    CONTROL.controller = ctl
+    if not distributed:
+        SENDER.sink = ctl.sink
+    return ctl
+
+
+class ForgeLoadShape(LoadTestShape):
+    """Locust's load shape for forge-slo's stages (``--rate``, ``--concurrency``, ``--sweep``)."""
+
+    def tick(self) -> tuple[int, float] | None:
+        ctl = CONTROL.controller
+        if ctl is None:
+            return None
+        if not ctl.started:
+            ctl.start()
+        return ctl.desired
