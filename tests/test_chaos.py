@@ -274,6 +274,16 @@ def test_budget_guard_aborts_mid_activity_and_rollbacks_run(lab: Lab, gameday: S
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["experiments"][0]["outcome"] == "interrupted"
     assert "budget guard aborted" in summary["experiments"][0]["reason"]
+    # The report's figures are the guard's own: its peak is the highest reading it judged, drawn on the chart.
+    guard_record = journal["forge_slo_guard"][0]
+    readings = [r[1] for r in guard_record["readings"] if r[1] is not None]
+    assert readings and max(readings) == pytest.approx(guard_record["peak_burn_rate"], rel=1e-3)
+    assert max(readings) > 2, readings
+    report_md = (tmp_path / "report" / "report.md").read_text()
+    assert f"burn rate over the shortest alert window: peak {max(readings):.1f}x (limit 2x)" in report_md
+    assert "budget consumed" not in report_md.split("Budget guard", 1)[1].split("\n", 1)[0]  # not watched
+    report_html = (tmp_path / "report" / "report.html").read_text()
+    assert "guard&#x27;s reading (shortest window)" in report_html or "guard's reading (shortest window)" in report_html
 
 
 @needs_prometheus
@@ -712,3 +722,21 @@ def test_schedule_writes_a_cronjob_and_a_verified_systemd_timer(tmp_path: Path) 
     # Deterministic: the same options give the same bytes.
     options = ScheduleOptions(("/x",), "0 3 * * 1")
     assert schedule_files(options) == schedule_files(options)
+
+
+def test_the_headline_counts_skipped_experiments() -> None:
+    from forge_slo.chaos.gameday import DEVIATED, OK, SKIPPED, ExperimentResult, GamedayResult
+    from forge_slo.chaos.report import headline, render_html, render_markdown
+
+    def experiments(*outcomes: str) -> GamedayResult:
+        return GamedayResult(started=1.0, ended=71.0, experiments=[
+            ExperimentResult(Path(f"e{i}.json"), f"e{i}", "t", outcome=o, reason="no netem" if o == SKIPPED else "")
+            for i, o in enumerate(outcomes)])
+
+    result = experiments(OK, OK, SKIPPED, OK, SKIPPED, OK, SKIPPED)
+    assert headline(result) == "7 experiments; 4 ran and every hypothesis held; 3 skipped (not judged)"
+    assert "every hypothesis held;" not in headline(experiments(OK, DEVIATED, SKIPPED))
+    assert headline(experiments(OK, DEVIATED, SKIPPED)) == \
+        "3 experiments; 2 ran: 1 held, 1 deviated; 1 skipped (not judged)"
+    assert headline(experiments(SKIPPED, SKIPPED)) == "2 experiments; none ran; 2 skipped (not judged)"
+    assert headline(result) in render_markdown(result, {}) and headline(result) in render_html(result, {})

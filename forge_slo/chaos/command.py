@@ -103,7 +103,7 @@ def _default_beside(paths: list[str], child: str) -> Path:
 
 def _run(args: argparse.Namespace) -> int:
     from forge_slo.chaos.gameday import RunOptions, run_gameday
-    from forge_slo.chaos.report import SUMMARY_COLUMNS, summary_rows, write_report
+    from forge_slo.chaos.report import SUMMARY_COLUMNS, headline, summary_rows, write_report
     from forge_slo.chaos.schedule import parse_env
 
     env = parse_env(args.env)
@@ -142,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
         _print("")
         for line in table(SUMMARY_COLUMNS, rows, max_width=[48] * len(SUMMARY_COLUMNS)):
             _print(line)
-    _print(f"\nreport: {html_path} and {report / 'report.md'}")
+    _print(f"\n{headline(result)}")
+    _print(f"report: {html_path} and {report / 'report.md'}")
     if result.interrupted:
         print("interrupted: the running experiment played its rollbacks; the rest did not run", file=sys.stderr)
         return 130

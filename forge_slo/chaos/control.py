@@ -34,6 +34,7 @@ from forge_slo.errors import ForgeError
 logger = logging.getLogger("chaostoolkit")
 
 JOURNAL_KEY = "forge_slo_guard"
+MAX_READINGS = 5000  # an hour of readings at the default interval; the journal stays small
 
 
 @dataclass
@@ -53,6 +54,7 @@ class _Guard:
     checks: int = 0
     peak_burn_rate: float = 0.0
     peak_budget_consumed: float = 0.0
+    readings: list[tuple[float, float | None, float | None]] = field(default_factory=list)  # (t, burn, consumed)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -83,6 +85,9 @@ class _Guard:
             self.failures = 0
             self.peak_burn_rate = max(self.peak_burn_rate, rate)
             self.peak_budget_consumed = max(self.peak_budget_consumed, consumed)
+            if len(self.readings) < MAX_READINGS:  # what the report draws: the figures the guard judged
+                self.readings.append((time.time(), rate if self.max_burn_rate else None,
+                                      consumed if self.max_budget_consumed else None))
         if self.max_burn_rate and rate > self.max_burn_rate:
             return f"{self.key} burns its budget {rate:.1f}x, over the guard's limit of {self.max_burn_rate:g}x"
         if self.max_budget_consumed and consumed > self.max_budget_consumed:
@@ -110,8 +115,9 @@ class _Guard:
         with self.lock:
             return {"service": self.service, "slo": self.slo, "aborted": bool(self.breach), "reason": self.breach,
                     "max_burn_rate": self.max_burn_rate, "max_budget_consumed": self.max_budget_consumed,
-                    "peak_burn_rate": round(self.peak_burn_rate, 4),
-                    "peak_budget_consumed": round(self.peak_budget_consumed, 6), "checks": self.checks}
+                    "window": self.window, "peak_burn_rate": round(self.peak_burn_rate, 4),
+                    "peak_budget_consumed": round(self.peak_budget_consumed, 6), "checks": self.checks,
+                    "readings": [list(r) for r in self.readings]}
 
 
 _guards: dict[str, _Guard] = {}

@@ -77,9 +77,11 @@ def experiment_plots(prometheus_url: str, res: ExperimentResult) -> tuple[list[P
                                   (Line(f"SLI {window}", _relative(shortest.points, res.start, lambda v: 1 - v)),),
                                   markers, "ratio"))
                 b = budget[0].value
-                plots.append(Plot(f"{service}/{slo}: burn rate per alert window (1 = on budget)", tuple(
-                    Line(s.labels["__name__"].removeprefix(_RATIO_PREFIX),
-                         _relative(s.points, res.start, lambda v, b=b: v / b)) for _, s in by_window), markers, "x"))
+                lines = [Line(s.labels["__name__"].removeprefix(_RATIO_PREFIX),
+                              _relative(s.points, res.start, lambda v, b=b: v / b)) for _, s in by_window]
+                lines += _guard_lines(res, service, slo)
+                plots.append(Plot(f"{service}/{slo}: burn rate per alert window (1 = on budget)", tuple(lines),
+                                  markers, "x"))
             for spec in res.extension.get("plots") or []:
                 if not isinstance(spec, dict) or not isinstance(spec.get("query"), str):
                     notes.append("an extension plot without a query was skipped")
@@ -87,15 +89,27 @@ def experiment_plots(prometheus_url: str, res: ExperimentResult) -> tuple[list[P
                 query = str(substitute(spec["query"], res.configuration))
                 legend = str(spec.get("legend", ""))
                 series = client.query_range(query, start, end, step)
-                lines = tuple(Line(s.labels.get(legend, "") if legend else _labels(s.labels),
+                extra = tuple(Line(s.labels.get(legend, "") if legend else _labels(s.labels),
                                    _relative(s.points, res.start, lambda v: v)) for s in series)
-                if lines:
-                    plots.append(Plot(str(spec.get("title", query)), lines, markers))
+                if extra:
+                    plots.append(Plot(str(spec.get("title", query)), extra, markers))
                 else:
                     notes.append(f"no data for plot {spec.get('title', query)!r}")
     except ForgeError as exc:
         notes.append(f"Prometheus could not be read for plots: {exc}")
     return plots, notes
+
+
+def _guard_lines(res: ExperimentResult, service: str, slo: str) -> list[Line]:
+    """The burn rates the budget guard read, as it read them: the figures its verdict and peak come from."""
+    out = []
+    for guard in res.guard:
+        if guard.get("service") != service or guard.get("slo") != slo or not guard.get("max_burn_rate"):
+            continue
+        points = tuple((float(t) - res.start, float(v)) for t, v, _ in guard.get("readings") or () if v is not None)
+        if points:
+            out.append(Line(f"guard's reading ({guard.get('window') or 'shortest window'})", points))
+    return out
 
 
 def _relative(points: Sequence[tuple[float, float]], t0: float, fn: Any) -> tuple[tuple[float, float], ...]:
@@ -168,6 +182,43 @@ def summary_rows(result: GamedayResult) -> list[tuple[str, ...]]:
     return rows
 
 
+def headline(result: GamedayResult) -> str:
+    """One line on the whole game day, counting every experiment: run, held, deviated, failed, skipped."""
+    counts: dict[str, int] = {}
+    for res in result.experiments:
+        counts[res.outcome] = counts.get(res.outcome, 0) + 1
+    total, skipped = len(result.experiments), counts.get(SKIPPED, 0)
+    ran = total - skipped
+    parts = [f"{total} experiment{'s' if total != 1 else ''}"]
+    if ran == 0:
+        parts.append("none ran")
+    elif counts.get(OK, 0) == ran:
+        parts.append(f"{ran} ran and every hypothesis held" if ran > 1 else "1 ran and its hypothesis held")
+    else:
+        bad = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()) if outcome not in (OK, SKIPPED))
+        parts.append(f"{ran} ran: {counts.get(OK, 0)} held, {bad}")
+    if skipped:
+        parts.append(f"{skipped} skipped (not judged)")
+    return "; ".join(parts)
+
+
+def guard_text(guard: Mapping[str, Any]) -> str:
+    """What the budget guard watched and the peaks of exactly those figures."""
+    parts = []
+    window = guard.get("window") or "the shortest alert window"
+    if guard.get("max_burn_rate"):
+        parts.append(f"burn rate over {window}: peak {float(guard.get('peak_burn_rate') or 0):.1f}x "
+                     f"(limit {float(guard['max_burn_rate']):g}x)")
+    if guard.get("max_budget_consumed"):
+        parts.append(f"budget consumed during the experiment: peak {float(guard.get('peak_budget_consumed') or 0):.3%} "
+                     f"(limit {float(guard['max_budget_consumed']):.2%})")
+    text = f"Budget guard {guard.get('service')}/{guard.get('slo')}, {guard.get('checks', 0)} readings: "
+    text += "; ".join(parts) or "nothing watched"
+    if guard.get("aborted"):
+        text += f". ABORTED: {guard.get('reason')}"
+    return text
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -180,10 +231,9 @@ def _value(value: Any) -> str:
 
 def render_markdown(result: GamedayResult, plot_files: Mapping[str, list[str]]) -> str:
     when = datetime.fromtimestamp(result.started, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    verdict = "some hypotheses deviated or experiments failed" if result.deviated else "every hypothesis held"
     lines = [f"# Game day report ({when})", "",
-             f"{len(result.experiments)} experiments, {verdict}; "
-             f"{result.ended - result.started:.0f}s in all." + (" Interrupted (Ctrl-C)." if result.interrupted else ""),
+             f"{headline(result)}; {result.ended - result.started:.0f}s in all."
+             + (" Interrupted (Ctrl-C)." if result.interrupted else ""),
              "", "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in summary_rows(result)]
     for note in result.notes:
@@ -209,10 +259,7 @@ def render_markdown(result: GamedayResult, plot_files: Mapping[str, list[str]]) 
             lines.append("")
         if res.rollbacks:
             lines += ["Rollbacks: " + ", ".join(f"{r.name} {r.status}" for r in res.rollbacks), ""]
-        for guard in res.guard:
-            lines += [f"Budget guard {guard.get('service')}/{guard.get('slo')}: peak burn rate "
-                      f"{guard.get('peak_burn_rate')}x, peak budget consumed {guard.get('peak_budget_consumed', 0):.3%}"
-                      + (f"; ABORTED: {guard.get('reason')}" if guard.get("aborted") else ""), ""]
+        lines += [guard_text(guard) + "\n" for guard in res.guard]
         for path in plot_files.get(res.name, []):
             lines += [f"![{res.name}]({path})", ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -234,10 +281,8 @@ def render_html(result: GamedayResult, plots: Mapping[str, list[Plot]]) -> str:
     when = datetime.fromtimestamp(result.started, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     out = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
            f"<title>Game day report {e(when)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>Game day report</h1><p>{e(when)}: {len(result.experiments)} experiments, "
-           + ("<span class=\"bad\">some hypotheses deviated or experiments failed</span>" if result.deviated
-              else "<span class=\"ok\">every hypothesis held</span>")
-           + f", {result.ended - result.started:.0f}s in all.</p>",
+           f"<h1>Game day report</h1><p>{e(when)}: <span class=\"{'bad' if result.deviated else 'ok'}\">"
+           f"{e(headline(result))}</span>; {result.ended - result.started:.0f}s in all.</p>",
            "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in SUMMARY_COLUMNS) + "</tr>"]
     for row, res in zip(summary_rows(result), result.experiments, strict=True):
         css = "ok" if res.outcome == OK else "skip" if res.outcome == SKIPPED else "bad"
@@ -270,11 +315,7 @@ def render_html(result: GamedayResult, plots: Mapping[str, list[Plot]]) -> str:
             out.append("<p>Rollbacks: " + ", ".join(
                 f"{e(r.name)} <span class=\"{_css_ok(r.status == 'succeeded')}\">{e(r.status)}</span>"
                 for r in res.rollbacks) + "</p>")
-        for guard in res.guard:
-            out.append(f"<p>Budget guard {e(str(guard.get('service')))}/{e(str(guard.get('slo')))}: peak burn rate "
-                       f"{e(str(guard.get('peak_burn_rate')))}x"
-                       + (f", <span class=\"bad\">aborted: {e(str(guard.get('reason')))}</span>" if guard.get("aborted")
-                          else "") + "</p>")
+        out += [f"<p class=\"{'bad' if g.get('aborted') else ''}\">{e(guard_text(g))}</p>" for g in res.guard]
         for plot in plots.get(res.name, []):
             out.append(f"<div>{plot_svg(plot)}</div>")
     out.append("</body></html>")

@@ -31,10 +31,7 @@ def sli_queries(spec: ServiceSpec, slo: SLO) -> SliQueries:
     if isinstance(sli, LatencySLI):
         return _latency(spec, sli)
     if isinstance(sli, AvailabilitySLI):
-        return SliQueries(
-            errors=_sum_terms(spec, sli.counters.errors),
-            total=_sum_terms(spec, sli.counters.total),
-        )
+        return _availability(spec, sli)
     if isinstance(sli, GaugeSLI):
         return _gauge(sli)
     assert isinstance(sli, RatioSLI)
@@ -64,6 +61,25 @@ def _gauge(sli: GaugeSLI) -> SliQueries:
     bad = f"({value} {_BAD_WHEN[sli.good_when]} bool {promql.number(sli.threshold)})"
     seconds = f"({value} * 0 + 1)"
     return SliQueries(errors=f"avg_over_time({bad}[{W}:])", total=f"avg_over_time({seconds}[{W}:])")
+
+
+def _availability(spec: ServiceSpec, sli: AvailabilitySLI) -> SliQueries:
+    """Failed over counted requests. When the failures are counted per server (vLLM's HTTP counter has no
+    model label) but the total per group, each group is charged the server's failures."""
+    errors = _sum_terms(spec, sli.counters.errors)
+    total = _sum_terms(spec, sli.counters.total)
+    frame = f"({total}) * 0"  # every group of the total, at zero
+    missing = _missing(spec, sli.counters.errors)
+    if missing and not _missing(spec, sli.counters.total):
+        shared = ", ".join(label for label in spec.group_by if label not in missing)
+        errors = f"(({frame}) + on({shared}) group_left() ({errors}))"
+    # Servers create a failure counter's series with the first failure: until then, zero errors, not no data.
+    return SliQueries(errors=f"({errors}) or ({frame})", total=total)
+
+
+def _missing(spec: ServiceSpec, terms: tuple[CounterTerm, ...]) -> set[str]:
+    """group_by labels that none of the terms carries."""
+    return {label for label in spec.group_by if all(label in term.lacks for term in terms)}
 
 
 def _term(spec: ServiceSpec, term: CounterTerm) -> tuple[str, tuple[str, ...]]:

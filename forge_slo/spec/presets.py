@@ -127,6 +127,8 @@ class Outcomes:
     cancelled: tuple[CounterTerm, ...] | None
     source: str                 # where this was read, for the README and error messages
     notes: str = ""             # what the counters cannot tell apart
+    # Outcomes the server counts under another one (vLLM's shed 503s are among its 5xx): outcome -> the one.
+    indistinct: Mapping[str, str] = field(default_factory=dict)
     examples: Mapping[str, tuple[ExampleSeries, ...]] = field(default_factory=dict)  # outcome -> series
 
     def terms(self, policy: AvailabilityPolicy) -> tuple[tuple[CounterTerm, ...], tuple[CounterTerm, ...]]:
@@ -144,6 +146,16 @@ class Outcomes:
             return "the server does not count client cancellations apart from other requests"
         if not policy.count_shed and self.shed is None:
             return "the server does not count shed requests apart from failed ones"
+        return None
+
+    def counts_as(self, outcome: str, policy: AvailabilityPolicy) -> str | None:
+        """Where a request of ``outcome`` lands in the SLI: "error", "good" or None (left out)."""
+        outcome = self.indistinct.get(outcome, outcome)
+        if outcome == "served":
+            return "good"
+        if outcome == "server_error" or (outcome == "shed" and policy.count_shed) or \
+                (outcome == "cancelled" and policy.count_cancelled):
+            return "error"
         return None
 
 
@@ -231,6 +243,13 @@ VLLM_REQUEST_LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 _VLLM_HTTP = "http_requests_total"
+_VLLM_GENERATE = 'handler=~"/v1/chat/completions|/v1/completions|/v1/responses"'
+
+
+def _vllm_http(status: str, *, counted: bool = True, lacks: frozenset[str] = frozenset()) -> ExampleSeries:
+    labels = (("handler", "/v1/chat/completions"), ("method", "POST"), ("status", status))
+    return ExampleSeries(_VLLM_HTTP, labels, counted=counted, lacks=lacks)
+
 _NO_MODEL = frozenset({"model_name"})
 VLLM = Preset(
     name="vllm",
@@ -256,26 +275,33 @@ VLLM = Preset(
         queue=Histogram("vllm:request_queue_time_seconds", VLLM_REQUEST_LATENCY_BUCKETS, family="request_latency"),
     ),
     outcomes=Outcomes(
-        # Every request the engine finishes, whatever the reason; "error" is a server failure (turned into a
-        # 500 when not streaming: the HTTP counter repeats it and is left out), "abort" only comes from
-        # aborts the engine starts itself (pause, shutdown). Client disconnects reach no vLLM counter.
+        # Served: requests the engine finished well (per model). Failed: the HTTP 5xx of the generation routes,
+        # which holds a non-streaming request that finished with "error" once (request_success{error} repeats
+        # it and is not read) and the 500s of requests that never reached the engine (a dead engine): an
+        # outage shows. Shed requests (503) are 5xx too: vLLM's status label cannot tell them apart.
         served=(CounterTerm("vllm:request_success_total", ('finished_reason!~"error|abort"',)),),
-        server_error=(CounterTerm("vllm:request_success_total", ('finished_reason=~"error|abort"',)),),
-        shed=(CounterTerm("vllm:admission_rejections_total"),),
+        server_error=(CounterTerm(_VLLM_HTTP, (_VLLM_GENERATE, 'status="5xx"'), lacks=_NO_MODEL),),
+        shed=None,
         cancelled=None,
-        source="vLLM 0.33 vllm/v1/metrics/loggers.py (request_success, admission_rejections), "
-               "vllm/v1/engine/__init__.py (FinishReason), v1/engine/output_processor.py (client aborts)",
-        notes="client cancellations are counted nowhere; requests that fail before the engine (a 500 from the "
-              "API server itself) are in http_requests_total only and are not part of the SLI",
+        indistinct={"shed": "server_error"},
+        source="vLLM 0.33 vllm/v1/metrics/loggers.py (request_success), vllm/v1/engine/__init__.py "
+               "(FinishReason: error is always a 500), entrypoints instrumentator (http_requests_total, status "
+               "grouped as 5xx), v1/engine/output_processor.py (client aborts reach no counter)",
+        notes="shed requests (503 from --max-num-queued-reqs) are 5xx like any other failure; a client that "
+              "hangs up is counted nowhere (left out); an error inside a stream that already answered 200 is "
+              "not visible; the HTTP counter has no model label, so its failures are charged to every model "
+              "of the server",
         examples={
             "served": (ExampleSeries("vllm:request_success_total", (("finished_reason", "stop"),)),
-                       ExampleSeries(_VLLM_HTTP, (("status", "2xx"),), counted=False, lacks=_NO_MODEL)),
-            "server_error": (ExampleSeries("vllm:request_success_total", (("finished_reason", "error"),)),
-                             ExampleSeries(_VLLM_HTTP, (("status", "5xx"),), counted=False, lacks=_NO_MODEL)),
-            "shed": (ExampleSeries("vllm:admission_rejections_total", (("reason", "max_num_queued_reqs"),)),
-                     ExampleSeries(_VLLM_HTTP, (("status", "5xx"),), counted=False, lacks=_NO_MODEL)),
-            "cancelled": (ExampleSeries(_VLLM_HTTP, (("status", "2xx"),), counted=False, lacks=_NO_MODEL),),
-            "client_error": (ExampleSeries(_VLLM_HTTP, (("status", "4xx"),), counted=False, lacks=_NO_MODEL),),
+                       _vllm_http("2xx", counted=False, lacks=_NO_MODEL)),
+            "server_error": (_vllm_http("5xx", lacks=_NO_MODEL),
+                             ExampleSeries("vllm:request_success_total", (("finished_reason", "error"),),
+                                           counted=False)),
+            "shed": (_vllm_http("5xx", lacks=_NO_MODEL),
+                     ExampleSeries("vllm:admission_rejections_total", (("reason", "max_num_queued_reqs"),),
+                                   counted=False)),
+            "cancelled": (),
+            "client_error": (_vllm_http("4xx", counted=False, lacks=_NO_MODEL),),
         },
     ),
 )
