@@ -88,16 +88,16 @@ def queue_growth(records: Sequence[RequestRecord]) -> tuple[float, float] | None
     return slope, slope * float(xs.max() - xs.min())
 
 
-def saturation(records: Sequence[RequestRecord], dropped: int) -> list[str]:
+def saturation(records: Sequence[RequestRecord], dropped: int, growth: tuple[float, float] | None) -> list[str]:
     """Why the server could not keep up with the stage (empty: it kept up): arrivals dropped at
-    ``--max-in-flight``, requests shed (429, 503), or a queue that grew over the stage."""
+    ``--max-in-flight``, requests shed (429, 503), or a queue that grew over the stage (``growth``, from
+    :func:`queue_growth`)."""
     reasons = []
     if dropped:
         reasons.append(f"{dropped} arrivals dropped at --max-in-flight")
     shed = sum(1 for r in records if outcome_of(r) == "shed")
     if shed:
         reasons.append(f"the server shed {shed} requests (429, 503)")
-    growth = queue_growth(records)
     if growth is not None and growth[0] >= GROWTH_SLOPE and growth[1] >= GROWTH_MIN_S:
         reasons.append(f"queueing grew: the wait for the first token rose {growth[1]:.2f}s over the stage "
                        f"({growth[0] * 1000:.0f} ms per second of sending)")
@@ -127,8 +127,8 @@ def stage_summary(stage: dict[str, Any], records: Sequence[RequestRecord],
     good = good_requests(measured, criteria) if criteria else len(ok)
     verdict = "no_spec" if not criteria else ("pass" if all(s["met"] for s in judged) else "fail")
     dropped = int(stage.get("dropped", 0))
-    reasons = saturation(measured, dropped)
     growth = queue_growth(measured)
+    reasons = saturation(measured, dropped, growth)
     return {
         "name": stage["name"],
         "mode": stage["mode"],
