@@ -10,6 +10,7 @@ process's users); at the end it writes ``run.json``, ``summary.json`` and ``repo
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ log = logging.getLogger("forge_slo.load")
 STAGE_BROADCAST_S = 0.5   # the current stage (and the options, to a worker without them) is sent again so often
 FLUSH_INTERVAL_S = 0.5
 WORKER_WAIT_S = 60.0      # for every worker to take the run's options
+SENT_RATE_WINDOW_S = 10.0  # the live display's sent/s covers about this much of the recent past
 
 
 class Controller:
@@ -69,6 +71,7 @@ class Controller:
         self.metrics_url: str | None = None
         self._server: Any = None
         self._greenlets: list[Any] = []
+        self._sent_samples: collections.deque[tuple[float, int, int]] = collections.deque()
         self.on_finish: list[Callable[[], None]] = []
         if metrics is not None:
             self._serve_metrics(metrics)
@@ -281,7 +284,22 @@ class Controller:
         """Figures of the current stage for the progress display."""
         view = self.sink.live_view()
         view["in_flight"] = self.in_flight()
+        view["sent_per_s"] = self._sent_rate()
         return view
+
+    def _sent_rate(self) -> float:
+        """Requests sent per second in the current stage over the last few seconds (the offered load)."""
+        meta, index = self.current, len(self.stages) - 1
+        if meta is None:
+            return 0.0
+        now = time.time()
+        sent = sum(r.sent for r in self._reports() if r.index == index)
+        samples = self._sent_samples
+        while samples and (samples[0][1] != index or now - samples[0][0] > SENT_RATE_WINDOW_S):
+            samples.popleft()
+        since, before = (samples[0][0], samples[0][2]) if samples else (float(meta["started_at"]), 0)
+        samples.append((now, index, sent))
+        return (sent - before) / (now - since) if now > since else 0.0
 
     # -- the end
     def interrupt(self) -> None:

@@ -34,7 +34,7 @@ slos:
     objective: 99
     sli: {latency: {metric: ttft, threshold: 0.5}}
   - name: tpot
-    description: Tokens stream at least every 100 ms for 99% of token gaps.
+    description: Time per output token (after the first) at most 100 ms for 99% of requests.
     objective: 99
     sli: {latency: {metric: tpot, threshold: 0.1}}
   - name: e2e
@@ -42,7 +42,7 @@ slos:
     objective: 99.5
     sli: {latency: {metric: e2e, threshold: 20}}
   - name: availability
-    description: 99.9% of requests finish without an abort or a server error.
+    description: 99.9% of requests are served; a request the server fails or sheds under load counts against it.
     objective: 99.9
     sli: {availability: {}}
   - name: gateway-errors

@@ -1,12 +1,19 @@
-"""Judging load-test records against the SLOs of a spec, client-side.
+"""Judging load-test records against the SLOs of a spec, client-side, with the meanings every part shares.
 
-A latency SLO whose metric alias is ``ttft``, ``tpot``, ``itl`` or ``e2e`` is judged on the records: the
-share of successful requests (for ``itl``: of their token gaps; for ``tpot``: the per-request TPOT) at or
-under the threshold, against the objective. An availability SLO is the share of requests that did not
-fail. Ratio SLIs (arbitrary PromQL) and other latency aliases cannot be judged from the client and are
-listed as such. Goodput is the rate of successful requests that met every judged latency SLO (vLLM's
-definition); for ``itl`` a request meets it when its own share of gaps under the threshold reaches the
-objective.
+- A latency SLO is judged on the record field that measures its alias's quantity
+  (:data:`forge_slo.spec.presets.QUANTITIES`: ``ttft`` -> ``ttft_s``, ``tpot`` -> ``tpot_s`` per request,
+  ``itl`` -> ``itl_s`` per token, ``e2e`` -> ``e2e_s``): the share of values at or under the threshold (``le``,
+  as the servers' buckets count) among successful requests, against the objective. A request without a value
+  (TPOT of a one-token answer) is left out, as the servers leave it out of their histograms. Aliases only
+  the server measures (``queue``, custom histograms) are listed as not judged.
+- An availability SLO sorts requests by :func:`forge_slo.sources.records.outcome_of`, as the presets sort a
+  server's counters: served requests are good, server errors bad, shed requests (429, 503) bad or left out as
+  the spec's policy says, client errors (other 4xx) left out of both sides.
+- Ratio SLIs (arbitrary PromQL) cannot be judged from the client.
+
+Goodput is the rate of successful requests that met every judged latency SLO (vLLM's definition); for a
+per-token quantity (``itl``) a request meets it when its own share of values within the threshold reaches
+the objective.
 """
 
 from __future__ import annotations
@@ -16,13 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from forge_slo.errors import UsageError
+from forge_slo.errors import RunnerError, UsageError
 from forge_slo.load.wire import Fields
-from forge_slo.sources.records import RequestRecord
+from forge_slo.sources.records import RequestRecord, outcome_of
 from forge_slo.spec.model import AvailabilitySLI, LatencySLI, ServiceSpec
+from forge_slo.spec.presets import QUANTITIES, Quantity
 
-CLIENT_METRICS = ("ttft", "tpot", "itl", "e2e")
 NOT_JUDGED = "not judged client-side"
+# The aliases whose quantity a load-test record measures, in QUANTITIES' order.
+MEASURED = tuple(q.alias for q in QUANTITIES.values() if q.record_field is not None)
 
 
 @dataclass(frozen=True)
@@ -32,9 +41,10 @@ class Criterion:
     name: str
     kind: str                      # "latency", "availability" or "unjudged"
     objective_percent: float
-    metric: str | None = None      # ttft, tpot, itl, e2e (latency only)
+    metric: str | None = None      # a latency alias of MEASURED (latency only)
     threshold_s: float | None = None
     reason: str = ""               # why it is not judged
+    count_shed: bool = True        # availability: shed requests (429, 503) are failures (else left out)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,9 +52,19 @@ class Criterion:
     @staticmethod
     def from_dict(data: object, what: str = "criterion") -> Criterion:
         c = Fields(data, what)
-        return Criterion(c.text("name"), c.choice("kind", ("latency", "availability", "unjudged")),
+        crit = Criterion(c.text("name"), c.choice("kind", ("latency", "availability", "unjudged")),
                          c.number("objective_percent"), c.maybe_text("metric"), c.maybe_number("threshold_s"),
-                         c.text("reason"))
+                         c.text("reason"), c.flag("count_shed"))
+        if crit.kind == "latency" and (crit.metric not in MEASURED or crit.threshold_s is None):
+            raise RunnerError(f"malformed {what}: a latency criterion needs a 'metric' of {', '.join(MEASURED)} "
+                              "and a 'threshold_s'")
+        return crit
+
+    @property
+    def quantity(self) -> Quantity:
+        """What a latency criterion measures (its alias's one meaning)."""
+        assert self.metric is not None
+        return QUANTITIES[self.metric]
 
 
 @dataclass(frozen=True)
@@ -88,43 +108,54 @@ def judged_spec(path: str | None, service: str | None) -> SpecInfo | None:
 
 
 def criteria_from_spec(spec: ServiceSpec) -> SpecInfo:
-    out: list[Criterion] = []
-    for slo in spec.slos:
-        sli = slo.sli
-        if isinstance(sli, LatencySLI):
-            if sli.alias in CLIENT_METRICS:
-                out.append(Criterion(slo.name, "latency", slo.objective_percent, sli.alias, sli.threshold_seconds))
-            else:
-                out.append(Criterion(slo.name, "unjudged", slo.objective_percent,
-                                     reason=f"{NOT_JUDGED}: latency metric {sli.alias!r} is not measured by the "
-                                            "client (ttft, tpot, itl and e2e are)"))
-        elif isinstance(sli, AvailabilitySLI):
-            out.append(Criterion(slo.name, "availability", slo.objective_percent))
-        else:
-            out.append(Criterion(slo.name, "unjudged", slo.objective_percent,
-                                 reason=f"{NOT_JUDGED}: a ratio SLI reads server-side PromQL"))
-    return SpecInfo(spec.service, spec.source, tuple(out))
+    return SpecInfo(spec.service, spec.source, tuple(_criterion(slo.name, slo.objective_percent, slo.sli)
+                                                     for slo in spec.slos))
 
 
-def _value_ok(value: float | None, threshold: float) -> bool:
-    return value is not None and value <= threshold
+def _criterion(name: str, objective: float, sli: object) -> Criterion:
+    if isinstance(sli, LatencySLI):
+        quantity = sli.quantity
+        if quantity is not None and quantity.record_field is not None:
+            return Criterion(name, "latency", objective, quantity.alias, sli.threshold_seconds)
+        what = f"{quantity.title!r}" if quantity is not None else "a custom histogram"
+        return Criterion(name, "unjudged", objective,
+                         reason=f"{NOT_JUDGED}: latency metric {sli.alias!r} is {what}, which only the server "
+                                f"measures (the client measures {', '.join(MEASURED)})")
+    if isinstance(sli, AvailabilitySLI):
+        return Criterion(name, "availability", objective, count_shed=sli.policy.count_shed)
+    return Criterion(name, "unjudged", objective, reason=f"{NOT_JUDGED}: a ratio SLI reads server-side PromQL")
+
+
+def _values(record: RequestRecord, quantity: Quantity) -> tuple[float, ...]:
+    """The record's values of a quantity: every per-token value, or the one per-request value (if any)."""
+    assert quantity.record_field is not None
+    value = getattr(record, quantity.record_field)
+    if quantity.per_token:
+        return tuple(value)
+    return () if value is None else (float(value),)
 
 
 def request_meets(record: RequestRecord, crit: Criterion) -> bool:
     """Whether one successful request met one latency criterion (the goodput test)."""
     thr = crit.threshold_s
     assert thr is not None
-    if crit.metric == "ttft":
-        return _value_ok(record.ttft_s, thr)
-    if crit.metric == "e2e":
-        return _value_ok(record.e2e_s, thr)
-    if crit.metric == "tpot":
-        return record.tpot_s is None or record.tpot_s <= thr
-    gaps = record.itl_s
-    if not gaps:
-        return True
-    good = sum(1 for g in gaps if g <= thr)
-    return good * 100.0 >= crit.objective_percent * len(gaps)
+    values = _values(record, crit.quantity)
+    if not values:
+        return True  # nothing the server would count either
+    good = sum(1 for v in values if v <= thr)
+    if crit.quantity.per_token:
+        return good * 100.0 >= crit.objective_percent * len(values)
+    return good == len(values)
+
+
+def _availability(records: Sequence[RequestRecord], crit: Criterion) -> tuple[int, int, int]:
+    """(good, events, left out): served over served and failed; client errors, and shed requests when the
+    policy says so, are left out of both sides."""
+    failing = {"server_error", "shed"} if crit.count_shed else {"server_error"}
+    outcomes = [outcome_of(r) for r in records]
+    good = sum(1 for o in outcomes if o == "served")
+    events = good + sum(1 for o in outcomes if o in failing)
+    return good, events, len(outcomes) - events
 
 
 def judge(records: Sequence[RequestRecord], criteria: Sequence[Criterion]) -> list[dict[str, Any]]:
@@ -138,26 +169,20 @@ def judge(records: Sequence[RequestRecord], criteria: Sequence[Criterion]) -> li
             results.append(row)
             continue
         if crit.kind == "availability":
-            events, good = len(records), len(ok)
+            good, events, left_out = _availability(records, crit)
+            row.update(left_out=left_out, count_shed=crit.count_shed)
         else:
             thr = crit.threshold_s
             assert thr is not None
-            row.update(metric=crit.metric, threshold_s=thr)
-            if crit.metric == "ttft":
-                events, good = len(ok), sum(1 for r in ok if _value_ok(r.ttft_s, thr))
-            elif crit.metric == "e2e":
-                events, good = len(ok), sum(1 for r in ok if _value_ok(r.e2e_s, thr))
-            elif crit.metric == "tpot":
-                values = [r.tpot_s for r in ok if r.tpot_s is not None]
-                events, good = len(values), sum(1 for v in values if v <= thr)
-            else:
-                events = sum(len(r.itl_s) for r in ok)
-                good = sum(1 for r in ok for g in r.itl_s if g <= thr)
+            row.update(metric=crit.metric, threshold_s=thr, field=crit.quantity.record_field)
+            values = [v for r in ok for v in _values(r, crit.quantity)]
+            events, good = len(values), sum(1 for v in values if v <= thr)
         attainment = 100.0 * good / events if events else None
         met = attainment is not None and attainment >= crit.objective_percent
         row.update(judged=True, events=events, good=good, attainment_percent=attainment, met=met)
         if attainment is None:
-            row["reason"] = "no events to judge (no successful requests)"
+            row["reason"] = (f"no events to judge (no successful request has {crit.quantity.record_field})"
+                             if crit.kind == "latency" else "no events to judge (no request counted)")
         results.append(row)
     return results
 

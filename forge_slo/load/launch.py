@@ -147,31 +147,39 @@ def format_verdict(summary: dict[str, Any]) -> str:
         lines.append("interrupted: the figures cover what ran until then")
     if summary.get("stopped_early"):
         lines.append(f"sweep stopped early: {summary['stopped_early']}")
+    from forge_slo.load.summary import saturation_note
+
     verdict = summary.get("verdict")
     if verdict == "pass":
-        lines.append("verdict: PASS (every judged SLO held)")
+        text = "verdict: PASS (every judged SLO held)"
     elif verdict == "fail":
-        lines.append("verdict: FAIL (an SLO was missed)")
+        text = "verdict: FAIL (an SLO was missed)"
     else:
-        lines.append("verdict: none (no --spec given)")
+        text = "verdict: none (no --spec given)"
+    lines.append(text + saturation_note(summary))
     return "\n".join(lines)
 
 
 def _stage_lines(summary: dict[str, Any]) -> list[str]:
-    head = ("stage", "requests", "failed", "req/s", "tok/s", "TTFT p50", "TTFT p99", "TPOT p99", "ITL p99",
-            "e2e p99", "goodput/s")
+    head = ("stage", "requests", "failed", "sent/s", "served/s", "tok/s", "TTFT p50", "TTFT p99", "TPOT p99",
+            "ITL p99", "e2e p99", "goodput/s", "load")
     rows: list[tuple[str, ...]] = []
     for s in summary.get("stages", []):
         lat = s["latency"]
-        rows.append((s["name"], str(s["requests"]), str(s["failed"]), f"{s['requests_per_s']:.2f}",
-                     f"{s['output_tokens_per_s']:.0f}", _ms(lat["ttft_s"]["p50"]), _ms(lat["ttft_s"]["p99"]),
-                     _ms(lat["tpot_s"]["p99"]), _ms(lat["itl_s"]["p99"]), _ms(lat["e2e_s"]["p99"]),
-                     f"{s['goodput_requests_per_s']:.2f}"))
+        rows.append((s["name"], str(s["requests"]), str(s["failed"]), f"{s['sent_per_s']:.2f}",
+                     f"{s['requests_per_s']:.2f}", f"{s['output_tokens_per_s']:.0f}", _ms(lat["ttft_s"]["p50"]),
+                     _ms(lat["ttft_s"]["p99"]), _ms(lat["tpot_s"]["p99"]), _ms(lat["itl_s"]["p99"]),
+                     _ms(lat["e2e_s"]["p99"]), f"{s['goodput_requests_per_s']:.2f}",
+                     "saturated" if s.get("saturated") else "kept up"))
     lines = table(head, rows)
     for s in summary.get("stages", []):
         kinds = s["errors"]["by_kind"]
         if kinds:
             lines.append(f"errors in {s['name']}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
+        if s.get("saturated"):
+            lines.append(f"{s['name']} saturated: " + "; ".join(s.get("saturation", [])))
+    lines.append("sent/s: offered, over the sending window; served/s, tok/s, goodput/s: over first request sent "
+                 "to last finished (drain included)")
     return lines
 
 

@@ -32,13 +32,15 @@ class LoadMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.ttft = Histogram(TTFT, "Client-side time to first token: request sent to first content token.",
+        self.ttft = Histogram(TTFT, "Client-side time to first token: request sent to the first token chunk.",
                               LABELS, buckets=VLLM_TTFT_BUCKETS, registry=r)
-        self.itl = Histogram(ITL, "Client-side gaps between successive tokens (one observation per gap).",
+        self.itl = Histogram(ITL, "Client-side inter-token latency, per token: a chunk of k tokens after a gap g "
+                                   "is k observations of g/k.",
                              LABELS, buckets=VLLM_ITL_BUCKETS, registry=r)
-        self.tpot = Histogram(TPOT, "Client-side time per output token of each request: (e2e - TTFT) / "
-                                    "(output tokens - 1).", LABELS, buckets=VLLM_ITL_BUCKETS, registry=r)
-        self.e2e = Histogram(E2E, "Client-side request latency: request sent to last byte.",
+        self.tpot = Histogram(TPOT, "Client-side time per output token of each request: (last token chunk - "
+                                    "first token chunk) / (output tokens - 1).", LABELS, buckets=VLLM_ITL_BUCKETS,
+                              registry=r)
+        self.e2e = Histogram(E2E, "Client-side request latency: request sent to the last token chunk.",
                              LABELS, buckets=VLLM_REQUEST_LATENCY_BUCKETS, registry=r)
         self.requests = Counter(REQUESTS, "Finished requests by result: ok or the error kind.",
                                 (*LABELS, "result"), registry=r)
@@ -68,8 +70,8 @@ class LoadMetrics:
             tpot.observe(record.tpot_s)
         if record.e2e_s is not None:
             e2e.observe(record.e2e_s)
-        for gap in record.itl_s:
-            itl.observe(gap)
+        for value in record.itl_s:
+            itl.observe(value)
         if record.prompt_tokens:
             prompt.inc(record.prompt_tokens)
         if record.output_tokens:

@@ -27,7 +27,8 @@ def plain_line(view: dict[str, Any]) -> str:
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(view["by_kind"].items()))
     errors = f"{view['failed']} ({kinds})" if view["failed"] else "0"
     return (f"[{view['elapsed']:6.1f}s] {view['stage'] or 'starting':<18} ok {view['ok']:<6} "
-            f"req/s {view['requests_per_s']:6.2f}  tok/s {view['tokens_per_s']:8.1f}  "
+            f"sent/s {view.get('sent_per_s', 0.0):6.2f}  served/s {view['requests_per_s']:6.2f}  "
+            f"tok/s {view['tokens_per_s']:8.1f}  "
             f"TTFT p50 {_ms(view['ttft_p50'])} p99 {_ms(view['ttft_p99'])}  in flight {view['in_flight']:<4} "
             f"errors {errors}")
 
@@ -36,12 +37,14 @@ def _rich_table(view: dict[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title="forge-slo load", title_justify="left", show_header=True, header_style="bold")
-    for name in ("elapsed", "stage", "ok", "req/s", "tok/s", "TTFT p50", "TTFT p99", "in flight", "errors"):
+    for name in ("elapsed", "stage", "ok", "sent/s", "served/s", "tok/s", "TTFT p50", "TTFT p99", "in flight",
+                 "errors"):
         table.add_column(name, justify="right" if name not in ("stage", "errors") else "left")
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(view["by_kind"].items()))
     errors = f"[red]{view['failed']}[/red] ({kinds})" if view["failed"] else "0"
     table.add_row(f"{view['elapsed']:.1f}s", view["stage"] or "starting", str(view["ok"]),
-                  f"{view['requests_per_s']:.2f}", f"{view['tokens_per_s']:.1f}", _ms(view["ttft_p50"]),
+                  f"{view.get('sent_per_s', 0.0):.2f}", f"{view['requests_per_s']:.2f}", f"{view['tokens_per_s']:.1f}",
+                  _ms(view["ttft_p50"]),
                   _ms(view["ttft_p99"]), str(view["in_flight"]), errors)
     return table
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from forge_slo.load.summary import saturation_note
 from forge_slo.runtime.svg import PALETTE, Chart
 from forge_slo.sources.records import RequestRecord
 
@@ -127,7 +128,9 @@ def _over_time(summary: dict[str, Any], records: Sequence[RequestRecord]) -> lis
     reqs = np.zeros(seconds)
     toks = np.zeros(seconds)
     fails = np.zeros(seconds)
+    sent = np.zeros(seconds)
     for r in records:
+        sent[min(seconds - 1, max(0, int(r.start_time - t0)))] += 1
         i = int(r.start_time + (r.e2e_s or 0.0) - t0)
         if 0 <= i < seconds:
             if r.ok:
@@ -136,9 +139,10 @@ def _over_time(summary: dict[str, Any], records: Sequence[RequestRecord]) -> lis
             else:
                 fails[i] += 1
     xs = [i + 0.5 for i in range(seconds)]
-    chart = Chart("Throughput over time (finished per second)", "seconds since start", "requests/s",
-                  (0.0, float(seconds)), (0.0, float(max(reqs.max(), fails.max(), 1.0)) * 1.15))
-    chart.line(list(zip(xs, reqs.tolist(), strict=True)), PALETTE[0], "successful requests/s")
+    chart = Chart("Throughput over time: sent and served per second", "seconds since start", "requests/s",
+                  (0.0, float(seconds)), (0.0, float(max(reqs.max(), fails.max(), sent.max(), 1.0)) * 1.15))
+    chart.line(list(zip(xs, sent.tolist(), strict=True)), "#999", "sent requests/s (offered)")
+    chart.line(list(zip(xs, reqs.tolist(), strict=True)), PALETTE[0], "successful requests/s (served)")
     if fails.any():
         chart.line(list(zip(xs, fails.tolist(), strict=True)), PALETTE[3], "failed requests/s")
     _stage_marks(chart, summary, t0)
@@ -175,35 +179,49 @@ def _sweep_charts(summary: dict[str, Any]) -> list[str]:
         hi = max(v for v in p99 + p50 if v is not None) * 1000 * 1.15
         for thr, _ in _thresholds(summary, metric):
             hi = max(hi, thr * 1000 * 1.1)
-        chart = Chart(f"{title} against throughput, per stage", "successful requests/s", f"{title} (ms)",
-                      (0.0, x_hi), (0.0, hi or 1.0))
+        chart = Chart(f"{title} against served throughput, per stage", "served requests/s (drain included)",
+                      f"{title} (ms)", (0.0, x_hi), (0.0, hi or 1.0))
         for values, name, color in ((p50, "p50", PALETTE[0]), (p99, "p99", PALETTE[1])):
             pts = [(x, v * 1000) for x, v in zip(xs, values, strict=True) if v is not None]
             chart.line(pts, color, name, markers=True)
         for thr, label in _thresholds(summary, metric):
             chart.hline(thr * 1000, label)
+        for x, stage in zip(xs, stages, strict=True):
+            if stage.get("saturated"):
+                chart.vline(x, f"{stage['name']} saturated", color="#c0392b", dash="2,3", top=True)
         charts.append(chart.render())
     return charts
 
 
+def _load_cell(stage: dict[str, Any]) -> str:
+    if not stage.get("saturated"):
+        return "<td class=l>kept up</td>"
+    why = "; ".join(stage.get("saturation", []))
+    return f"<td class='l fail' title='{escape(why)}'>saturated</td>"
+
+
 def _stage_table(summary: dict[str, Any]) -> str:
-    head = ("stage", "requests", "failed", "req/s", "out tok/s", "goodput req/s", "TTFT p50/p90/p99 ms",
-            "TPOT p50/p99 ms", "ITL p50/p99 ms", "e2e p50/p99 ms", "errors by kind", "verdict")
+    head = ("stage", "requests", "failed", "offered req/s", "served req/s", "out tok/s", "goodput req/s",
+            "TTFT p50/p90/p99 ms", "TPOT p50/p99 ms", "ITL p50/p99 ms", "e2e p50/p99 ms", "errors by kind", "load",
+            "verdict")
     rows = []
     for s in summary.get("stages", []):
         lat = s["latency"]
         kinds = ", ".join(f"{k} {v}" for k, v in s["errors"]["by_kind"].items()) or "none"
         rows.append(
             f"<tr><td class=l>{escape(s['name'])}</td><td>{s['requests']}</td><td>{s['failed']}</td>"
-            f"<td>{_num(s['requests_per_s'])}</td><td>{_num(s['output_tokens_per_s'], 1)}</td>"
+            f"<td>{_num(s['sent_per_s'])}</td><td>{_num(s['requests_per_s'])}</td>"
+            f"<td>{_num(s['output_tokens_per_s'], 1)}</td>"
             f"<td>{_num(s['goodput_requests_per_s'])}</td>"
             f"<td>{_ms(lat['ttft_s']['p50'])} / {_ms(lat['ttft_s']['p90'])} / {_ms(lat['ttft_s']['p99'])}</td>"
             f"<td>{_ms(lat['tpot_s']['p50'])} / {_ms(lat['tpot_s']['p99'])}</td>"
             f"<td>{_ms(lat['itl_s']['p50'])} / {_ms(lat['itl_s']['p99'])}</td>"
             f"<td>{_ms(lat['e2e_s']['p50'])} / {_ms(lat['e2e_s']['p99'])}</td>"
-            f"<td class=l>{escape(kinds)}</td><td class='{s['verdict']}'>{s['verdict']}</td></tr>")
-    th = "".join(f"<th{' class=l' if h in ('stage', 'errors by kind') else ''}>{h}</th>" for h in head)
-    return f"<table><tr>{th}</tr>{''.join(rows)}</table>"
+            f"<td class=l>{escape(kinds)}</td>{_load_cell(s)}<td class='{s['verdict']}'>{s['verdict']}</td></tr>")
+    th = "".join(f"<th{' class=l' if h in ('stage', 'errors by kind', 'load') else ''}>{h}</th>" for h in head)
+    why = "".join(f"<li>{escape(s['name'])} saturated: {escape('; '.join(s['saturation']))}</li>"
+                  for s in summary.get("stages", []) if s.get("saturated"))
+    return f"<table><tr>{th}</tr>{''.join(rows)}</table>" + (f"<ul>{why}</ul>" if why else "")
 
 
 def _slo_table(summary: dict[str, Any]) -> str:
@@ -252,7 +270,7 @@ def render_report(summary: dict[str, Any], records: Sequence[RequestRecord]) -> 
             by_stage[r.stage].append(r)
     verdict = summary.get("verdict", "no_spec")
     verdict_text = {"pass": "every SLO held", "fail": "an SLO was missed",
-                    "no_spec": "no spec: not judged"}.get(verdict, verdict)
+                    "no_spec": "no spec: not judged"}.get(verdict, verdict) + saturation_note(summary)
     spec = summary.get("spec")
     notes = []
     if summary.get("interrupted"):
@@ -282,8 +300,11 @@ def render_report(summary: dict[str, Any], records: Sequence[RequestRecord]) -> 
         "".join(f"<p><b>{escape(n)}</b></p>" for n in notes),
         f"<table>{fact_rows}</table>",
         "<h2>Stages</h2>", _stage_table(summary),
-        "<p class=muted>Latency figures cover successful requests sent after the warm-up; req/s counts successful "
-        "requests over the stage's measured window; goodput counts those that met every latency SLO.</p>",
+        "<p class=muted>Latency figures cover successful requests sent after the warm-up. Offered: requests sent "
+        "per second of the stage's sending window. Served (and tokens/s, goodput): successful requests over the "
+        "stage's wall time, from its first request sent to its last one finished, so the drain is included; "
+        "goodput counts those that met every latency SLO. Saturated: the server could not keep up (queueing "
+        "grew over the stage, it shed requests, or arrivals were dropped at --max-in-flight).</p>",
         "<h2>SLOs</h2>", _slo_table(summary),
         "<h2>Latency distributions</h2><div class=charts>", "".join(cdfs), "</div>",
     ]

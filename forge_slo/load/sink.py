@@ -34,10 +34,10 @@ class LiveStage:
         self.done_times: collections.deque[tuple[float, int]] = collections.deque()
 
     def add(self, record: RequestRecord, now: float) -> None:
-        self.done_times.append((now, (record.output_tokens or 0) if record.ok else 0))
         if record.warmup:
             self.warmup += 1
         if record.ok:
+            self.done_times.append((now, record.output_tokens or 0))
             self.ok += 1
             self.output_tokens += record.output_tokens or 0
             if record.ttft_s is not None and not record.warmup:
@@ -47,7 +47,7 @@ class LiveStage:
             self.by_kind[record.error_kind or "other"] += 1
 
     def rates(self, now: float) -> tuple[float, float]:
-        """Requests and output tokens per second finished over the last few seconds."""
+        """Successful requests (served) and their output tokens per second, over the last few seconds."""
         q = self.done_times
         while q and q[0][0] < now - RATE_WINDOW_S:
             q.popleft()

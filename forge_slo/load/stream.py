@@ -1,23 +1,33 @@
 """Measuring one streaming answer from its server-sent events, timestamped as each line arrives.
 
 The Locust user reads the body line by line and feeds every line here with the time it was read; this
-module knows the OpenAI event format and the project's metric definitions (see the README section):
+module knows the OpenAI event format and the project's metric definitions (the README's "What is measured",
+and :data:`forge_slo.spec.presets.QUANTITIES` for the meaning of each latency alias):
 
-- TTFT: request sent -> the first event carrying content (``delta.content``, ``delta.reasoning_content``
-  or ``text``); role-only and empty events do not count.
-- Output tokens: ``usage.completion_tokens`` of the last event when the server sends it (we always ask
-  with ``stream_options.include_usage``); otherwise the number of content events (``tokens_from`` is
-  ``"stream"``), which is exact for servers that send one token per event.
-- ITL: the gap between successive content events; an event carrying k tokens contributes its gap once
-  and k - 1 zero gaps. With usage, the extra tokens (usage minus events) are spread evenly over the
-  events as zero gaps.
-- TPOT: (e2e - TTFT) / (output tokens - 1), none with fewer than two tokens.
-- e2e: request sent -> the ``[DONE]`` event (or the end of the body when a server sends no ``[DONE]``).
+- A *token chunk* is an event that brings generated tokens, as vLLM's ``vllm bench serve`` tells them. Chat:
+  a delta with non-empty ``content``, ``reasoning_content`` or ``reasoning``, non-empty ``tool_calls``, a
+  ``function_call``, or ``content: ""`` without a ``role`` (a special token that prints as nothing); the
+  opening role-only delta never. Completions: a choice with ``text``, even empty (a special token). One
+  exception to vLLM's rule, for both: an empty content or text in the chunk that carries the finish reason
+  is not a token. Many servers (the simulator among them) close with such a chunk right after the last
+  token; counting it would add a token that was never generated and a near-zero gap.
+- TTFT: request sent -> the first token chunk.
+- Output tokens: ``usage.completion_tokens`` of the last event when the server sends it (we always ask with
+  ``stream_options.include_usage``); otherwise the number of token chunks (``tokens_from`` is ``"stream"``),
+  exact for servers that send one token per chunk.
+- ITL, per token, as the servers' histograms count it (SGLang's ``inter_token_latency_seconds``): a token
+  chunk that brings k tokens after a gap g adds k values g / k; the tokens of the first chunk add none (TTFT
+  covers them). The server does not say which chunk brought how many of its ``usage`` tokens, so they are
+  spread as evenly as whole numbers allow over the chunks. A request of T tokens in chunks of one token has
+  T - 1 values; their sum is always last token chunk - first token chunk.
+- TPOT: (last token chunk - first token chunk) / (output tokens - 1), none with fewer than two tokens.
+- e2e: request sent -> the last token chunk (the end of the answer when it has none, or the failure).
 
 An event that is not the JSON of a completion chunk fails the request as ``malformed`` (it is never counted
-as a token), and so do a ``usage.completion_tokens`` above the request's ``max_tokens`` and more content
-events than ``max_tokens``: such a count cannot be true, and nothing here is ever allocated in proportion to
-what the server sends (the times of events beyond ``max_tokens`` are not kept).
+as a token), and so do a ``usage.completion_tokens`` above the request's ``max_tokens`` and more token chunks
+than ``max_tokens``: such a count cannot be true, and nothing here is ever allocated in proportion to what
+the server sends (the times of chunks beyond ``max_tokens`` are not kept, and an ITL list never holds more
+than ``max_tokens`` values).
 """
 
 from __future__ import annotations
@@ -125,11 +135,11 @@ class StreamMeter:
         choices = event.get("choices")
         usage = event.get("usage")
         if choices:
-            key = _check_choices(choices, payload)
+            token, key = _check_choices(choices, payload)
             choice = choices[0]
-            if key is not None:
+            if token:
                 self._token(now)
-                if self._templates_tried < _TEMPLATE_TRIES:
+                if key is not None and self._templates_tried < _TEMPLATE_TRIES:
                     self._learn_template(payload, event, key)
             reason = choice.get("finish_reason")
             if reason:
@@ -153,7 +163,7 @@ class StreamMeter:
 
     @property
     def events(self) -> int:
-        """Content events received, kept or not."""
+        """Token chunks received, kept or not."""
         return len(self.token_times) + self.excess_events
 
     def _take_usage(self, usage: Any, payload: bytes) -> None:
@@ -215,7 +225,7 @@ class StreamMeter:
         if ok and self.excess_events:
             # As with a usage count above max_tokens: such a stream cannot be true, and its gaps are not kept.
             self.error_kind = "malformed"
-            self.error = (f"the server sent {self.events} content events, more than the request's max_tokens "
+            self.error = (f"the server sent {self.events} token chunks, more than the request's max_tokens "
                           f"{self.max_tokens}")
             ok = False
         if self.completion_tokens is not None and ok:
@@ -225,12 +235,10 @@ class StreamMeter:
             output = events
             source = "stream"
         end = self.t_done if self.t_done is not None else self.t_last
-        e2e = end - self.t_sent
+        e2e = (times[-1] if ok and events else end) - self.t_sent
         ttft = times[0] - self.t_sent if events else None
-        itl = _gaps(times, output) if events else ()
-        tpot = None
-        if ttft is not None and output >= 2:
-            tpot = max(0.0, e2e - ttft) / (output - 1)
+        itl = per_token_gaps(times, output)
+        tpot = (times[-1] - times[0]) / (output - 1) if events and output >= 2 else None
         return RequestRecord(
             start_time=start_time, model=model, ok=ok, status=self.status, error_kind=self.error_kind,
             error=self.error, ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, itl_s=itl, prompt_tokens=self.prompt_tokens,
@@ -239,25 +247,24 @@ class StreamMeter:
         )
 
 
-def _gaps(times: list[float], tokens: int) -> tuple[float, ...]:
-    """Gaps between content events, plus k - 1 zero gaps for an event carrying k tokens."""
+def per_token_gaps(times: list[float], tokens: int) -> tuple[float, ...]:
+    """ITL values of token chunks read at ``times`` bringing ``tokens`` in all: a chunk that brings k tokens
+    after a gap g gives k values g / k. The tokens are spread over the chunks as evenly as whole numbers
+    allow (chunk i brings floor((i+1)T/E) - floor(iT/E)); the first chunk's give no value. Never more values
+    than ``tokens``, which the caller has bounded."""
     events = len(times)
-    extra = tokens - events
-    if extra <= 0:
+    if tokens <= events:  # one token a chunk (or a usage count below the chunks: trust the chunks)
         return tuple(b - a for a, b in zip(times, times[1:], strict=False))
     out: list[float] = []
-    given = 0
-    for i in range(events):
-        if i:
-            out.append(times[i] - times[i - 1])
-        share = (i + 1) * extra // events - given
-        given += share
-        out.extend([0.0] * share)
+    for i in range(1, events):
+        k = (i + 1) * tokens // events - i * tokens // events
+        out.extend([(times[i] - times[i - 1]) / k] * k)
     return tuple(out)
 
 
-def _check_choices(choices: Any, payload: bytes) -> str | None:
-    """Check the first choice's shape; the key of its non-empty content, None when it carries none."""
+def _check_choices(choices: Any, payload: bytes) -> tuple[bool, str | None]:
+    """Check the first choice's shape; whether it is a token chunk, and the key of its non-empty text (the
+    key a template is learned on), None when it has none."""
     if not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise StreamError("malformed", f"'choices' is not a list of objects: {_clip(payload)}")
     choice = choices[0]
@@ -266,10 +273,26 @@ def _check_choices(choices: Any, payload: bytes) -> str | None:
         raise StreamError("malformed", f"'finish_reason' is not a string: {_clip(payload)}")
     delta = choice.get("delta")
     if delta is None:
-        return _content_key(choice, ("text",), payload)
+        key = _content_key(choice, ("text",), payload)
+        # An empty text is a special token, unless it is the closing chunk that carries the finish reason.
+        return key is not None or (choice.get("text") == "" and reason is None), key
     if not isinstance(delta, dict):
         raise StreamError("malformed", f"'delta' is not an object: {_clip(payload)}")
-    return _content_key(delta, _CONTENT_KEYS, payload)
+    key = _content_key(delta, _CONTENT_KEYS, payload)
+    return key is not None or _brings_output(delta, reason, payload), key
+
+
+def _brings_output(delta: dict[str, Any], reason: str | None, payload: bytes) -> bool:
+    """A chat delta without text that still brings generated tokens: tool calls, a function call, or an
+    empty content outside the opening role delta and the closing finish delta (a special token)."""
+    tools = delta.get("tool_calls")
+    if tools is not None and not isinstance(tools, list):
+        raise StreamError("malformed", f"'tool_calls' is not a list: {_clip(payload)}")
+    call = delta.get("function_call")
+    if call is not None and not isinstance(call, dict):
+        raise StreamError("malformed", f"'function_call' is not an object: {_clip(payload)}")
+    special = delta.get("content") == "" and delta.get("role") is None and reason is None
+    return bool(tools) or bool(call) or special
 
 
 def _content_key(holder: dict[str, Any], keys: tuple[str, ...], payload: bytes) -> str | None:

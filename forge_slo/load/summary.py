@@ -2,6 +2,17 @@
 
 Built from the exact per-request records and the run's stage windows (``run.json``), so it can be
 rebuilt after the fact (``build_summary``) and an interrupted run still gets one.
+
+Two rates per stage, side by side, never one in place of the other:
+
+- offered (``sent_per_s``): requests sent over the stage's sending window (``duration_s``, from the end of
+  the warm-up to the end of sending);
+- served (``requests_per_s``, and with it ``output_tokens_per_s`` and ``goodput_requests_per_s``): successful
+  requests (their tokens, those that met every latency SLO) over the stage's wall time ``wall_s``, from its
+  first request sent to its last request finished, so the drain is included (vLLM's benchmark divides by
+  its whole run, AIPerf and genai-perf by first request to last response).
+
+A stage is *saturated* when its server could not keep up with what was sent (:func:`saturation`).
 """
 
 from __future__ import annotations
@@ -16,10 +27,15 @@ from typing import Any
 import numpy as np
 
 from forge_slo.load.judge import Criterion, SpecInfo, good_requests, judge
-from forge_slo.sources.records import ERROR_KINDS, RequestRecord
+from forge_slo.sources.records import ERROR_KINDS, RequestRecord, outcome_of
 
 SUMMARY_VERSION = 1
 PERCENTILES = (50, 90, 99)
+# Queueing grew when the first-token wait rose by at least this much per second of sending, and by at
+# least GROWTH_MIN_S over the stage: far above what jitter gives a server that keeps up (its wait stays flat).
+GROWTH_SLOPE = 0.05
+GROWTH_MIN_S = 0.5
+GROWTH_MIN_REQUESTS = 10
 
 
 def latency_stats(values: Iterable[float]) -> dict[str, Any]:
@@ -32,6 +48,66 @@ def latency_stats(values: Iterable[float]) -> dict[str, Any]:
             "p99": float(p[2]), "min": float(arr.min()), "max": float(arr.max())}
 
 
+def _end(record: RequestRecord) -> float:
+    return record.start_time + (record.e2e_s or 0.0)
+
+
+def wall_time(records: Sequence[RequestRecord]) -> float:
+    """First request sent -> last request finished (its last token, or its failure): the drain included."""
+    if not records:
+        return 0.0
+    return max(0.0, max(_end(r) for r in records) - min(r.start_time for r in records))
+
+
+def _first_token_waits(records: Sequence[RequestRecord]) -> list[tuple[float, float]]:
+    """(sent, wait for the first token) of every request that got one, or timed out waiting for it (the
+    wait is then at least its time to the timeout, which is what the queue made it)."""
+    out = []
+    for r in records:
+        if r.ttft_s is not None:
+            out.append((r.start_time, r.ttft_s))
+        elif r.error_kind == "timeout" and r.e2e_s is not None:
+            out.append((r.start_time, r.e2e_s))
+    return out
+
+
+def queue_growth(records: Sequence[RequestRecord]) -> tuple[float, float] | None:
+    """(slope, growth over the sending span) of the least-squares line of first-token wait against send time;
+    None with too few requests. A server that keeps up has a flat line; one whose queue grows, a line that
+    rises by (sent rate / served rate - 1) seconds per second."""
+    points = _first_token_waits(records)
+    if len(points) < GROWTH_MIN_REQUESTS:
+        return None
+    xs = np.array([p[0] for p in points])
+    ys = np.array([p[1] for p in points])
+    xs -= xs.mean()
+    spread = float((xs * xs).sum())
+    if spread <= 0.0:
+        return None
+    slope = float((xs * (ys - ys.mean())).sum()) / spread
+    return slope, slope * float(xs.max() - xs.min())
+
+
+def saturation(records: Sequence[RequestRecord], dropped: int, growth: tuple[float, float] | None) -> list[str]:
+    """Why the server could not keep up with the stage (empty: it kept up): arrivals dropped at
+    ``--max-in-flight``, requests shed (429, 503), or a queue that grew over the stage (``growth``, from
+    :func:`queue_growth`)."""
+    reasons = []
+    if dropped:
+        reasons.append(f"{dropped} arrivals dropped at --max-in-flight")
+    shed = sum(1 for r in records if outcome_of(r) == "shed")
+    if shed:
+        reasons.append(f"the server shed {shed} requests (429, 503)")
+    if growth is not None and growth[0] >= GROWTH_SLOPE and growth[1] >= GROWTH_MIN_S:
+        reasons.append(f"queueing grew: the wait for the first token rose {growth[1]:.2f}s over the stage "
+                       f"({growth[0] * 1000:.0f} ms per second of sending)")
+    return reasons
+
+
+def _rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
 def stage_summary(stage: dict[str, Any], records: Sequence[RequestRecord],
                   criteria: Sequence[Criterion]) -> dict[str, Any]:
     measured = [r for r in records if not r.warmup]
@@ -40,7 +116,7 @@ def stage_summary(stage: dict[str, Any], records: Sequence[RequestRecord],
     start = stage.get("measure_from") or stage.get("started_at") or 0.0
     end = stage.get("ended_at") or start
     duration = max(0.0, float(end) - float(start))
-    per_s = (lambda n: n / duration) if duration > 0 else (lambda n: 0.0)
+    wall = wall_time(measured)
     out_tokens = sum(r.output_tokens or 0 for r in ok)
     prompt_tokens = sum(r.prompt_tokens or 0 for r in ok)
     kinds = Counter(r.error_kind or "other" for r in measured if not r.ok)
@@ -50,6 +126,9 @@ def stage_summary(stage: dict[str, Any], records: Sequence[RequestRecord],
     judged = [s for s in slos if s["judged"]]
     good = good_requests(measured, criteria) if criteria else len(ok)
     verdict = "no_spec" if not criteria else ("pass" if all(s["met"] for s in judged) else "fail")
+    dropped = int(stage.get("dropped", 0))
+    growth = queue_growth(measured)
+    reasons = saturation(measured, dropped, growth)
     return {
         "name": stage["name"],
         "mode": stage["mode"],
@@ -58,21 +137,25 @@ def stage_summary(stage: dict[str, Any], records: Sequence[RequestRecord],
         "measure_from": start,
         "ended_at": end,
         "duration_s": duration,
+        "wall_s": wall,
         "stopped_by": stage.get("stopped_by"),
         "requests": len(measured),
         "succeeded": len(ok),
         "failed": failed,
         "warmup_requests": len(records) - len(measured),
-        "dropped_arrivals": int(stage.get("dropped", 0)),
+        "dropped_arrivals": dropped,
         "cancelled_in_flight": int(stage.get("cancelled", 0)),
         "max_schedule_lag_s": stage.get("max_schedule_lag_s"),
-        "sent_per_s": per_s(len(measured)),
-        "requests_per_s": per_s(len(ok)),
-        "output_tokens_per_s": per_s(out_tokens),
-        "prompt_tokens_per_s": per_s(prompt_tokens),
+        "sent_per_s": _rate(len(measured), duration),
+        "requests_per_s": _rate(len(ok), wall),
+        "output_tokens_per_s": _rate(out_tokens, wall),
+        "prompt_tokens_per_s": _rate(prompt_tokens, wall),
         "output_tokens": out_tokens,
         "prompt_tokens": prompt_tokens,
         "tokens_from_usage": sum(1 for r in ok if r.tokens_from == "usage"),
+        "saturated": bool(reasons),
+        "saturation": reasons,
+        "queue_growth_s_per_s": None if growth is None else growth[0],
         "latency": {
             "ttft_s": latency_stats(r.ttft_s for r in ok if r.ttft_s is not None),
             "tpot_s": latency_stats(r.tpot_s for r in ok if r.tpot_s is not None),
@@ -87,9 +170,16 @@ def stage_summary(stage: dict[str, Any], records: Sequence[RequestRecord],
         "finish_reasons": dict(sorted(finish.items())),
         "slos": slos,
         "good_requests": good,
-        "goodput_requests_per_s": per_s(good),
+        "goodput_requests_per_s": _rate(good, wall),
         "verdict": verdict,
     }
+
+
+def saturation_note(summary: dict[str, Any]) -> str:
+    """``"; saturated: rate=24 (served 7.9 of 24.0 req/s offered)"`` for the verdict line, or nothing."""
+    parts = [f"{s['name']} (served {s['requests_per_s']:.2f} of {s['sent_per_s']:.2f} req/s offered)"
+             for s in summary.get("stages", []) if s.get("saturated")]
+    return f"; saturated: {', '.join(parts)}" if parts else ""
 
 
 def build_summary(records: Sequence[RequestRecord], run: dict[str, Any], spec: SpecInfo | None) -> dict[str, Any]:
@@ -126,6 +216,7 @@ def build_summary(records: Sequence[RequestRecord], run: dict[str, Any], spec: S
             "slos": [c.to_dict() for c in spec.criteria],
         },
         "verdict": verdict,
+        "saturated_stages": [s["name"] for s in stages if s["saturated"]],
         "stages": stages,
     }
 

@@ -222,7 +222,7 @@ class OpenAIUser(FastHttpUser):
         except Exception as exc:  # every failure becomes a record; a user never dies
             kind, message = classify(exc, got_headers)
             if kind == "stream_cut":
-                message = f"the stream was cut after {meter.events} content events ({message})"
+                message = f"the stream was cut after {meter.events} token chunks ({message})"
             meter.fail(kind, message, time.perf_counter())
         finally:
             timer.close()

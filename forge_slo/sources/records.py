@@ -3,13 +3,17 @@
 The load generator writes them, the canary judge and reports read them. Times are exact seconds (floats),
 never rounded; timestamps are Unix seconds. The metric definitions are the project's (see the README):
 
-- ``ttft_s``: request sent -> first content token received.
-- ``tpot_s``: (e2e - TTFT) / (output tokens - 1); None with fewer than 2 output tokens.
-- ``itl_s``: every gap between successive tokens; a chunk carrying k tokens contributes its gap once and
-  k - 1 zero gaps.
-- ``e2e_s``: request sent -> last byte.
-- ``output_tokens``: from the server's ``usage`` when given (``tokens_from`` says "usage"), else counted
-  from the stream ("stream").
+- ``ttft_s``: request sent -> the first chunk that brings a generated token (text, a tool call, or a
+  special token that prints as nothing; never the opening role-only chunk).
+- ``tpot_s``: (last token chunk - first token chunk) / (output tokens - 1); None with fewer than 2 output
+  tokens. One value per request, the servers' ``request_time_per_output_token``.
+- ``itl_s``: inter-token latency per token, as SGLang's histogram counts it: a chunk that brings k tokens after
+  a gap g adds k values g / k; the first chunk's tokens add none (TTFT covers them). When the server's
+  ``usage`` counts more tokens than chunks, they are spread as evenly as whole numbers allow over the chunks.
+  Its values sum to last token chunk - first token chunk, and there are never more than ``output_tokens``.
+- ``e2e_s``: request sent -> the last token chunk (a failed request: -> its failure).
+- ``output_tokens``: from the server's ``usage`` when given (``tokens_from`` says "usage"), else the number of
+  token chunks ("stream").
 
 Reading is strict and bounded: every line is UTF-8 JSON of at most ``MAX_LINE_BYTES`` holding only finite
 numbers; times are plausible Unix seconds, durations lie in [0, a day], counts are whole and bounded, and one
