@@ -67,6 +67,10 @@ def run_lab(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # A second signal (a supervisor forwarding SIGTERM, a second Ctrl-C) must not cut the cleanup short:
+        # the lab's children run in sessions of their own and would outlive it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         lab.stop()
     return 0
 
