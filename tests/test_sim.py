@@ -283,7 +283,8 @@ def test_metrics_expose_vllm_series_with_vllm_buckets(sim: SimProcess) -> None:
     assert http.type == "counter"
     assert all("model_name" not in s.labels for s in http.samples)
     assert {s.labels["status"] for s in http.samples} <= {"2xx", "4xx", "5xx"}
-    assert _sample(fams, "http_requests", "http_requests_total", status="2xx") >= 1
+    assert _sample(fams, "http_requests", "http_requests_total", handler="/v1/completions", method="POST",
+                   status="2xx") >= 1
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -232,6 +232,13 @@ VLLM_REQUEST_LATENCY_BUCKETS: tuple[float, ...] = (
 
 _VLLM_HTTP = "http_requests_total"
 _NO_MODEL = frozenset({"model_name"})
+
+
+def _vllm_http(status: str) -> ExampleSeries:
+    """vLLM's HTTP counter (prometheus-fastapi-instrumentator): route template, method, status class."""
+    return ExampleSeries(_VLLM_HTTP, (("handler", "/v1/chat/completions"), ("method", "POST"), ("status", status)),
+                         counted=False, lacks=_NO_MODEL)
+
 VLLM = Preset(
     name="vllm",
     title="vLLM",
@@ -269,13 +276,13 @@ VLLM = Preset(
               "API server itself) are in http_requests_total only and are not part of the SLI",
         examples={
             "served": (ExampleSeries("vllm:request_success_total", (("finished_reason", "stop"),)),
-                       ExampleSeries(_VLLM_HTTP, (("status", "2xx"),), counted=False, lacks=_NO_MODEL)),
+                       _vllm_http("2xx")),
             "server_error": (ExampleSeries("vllm:request_success_total", (("finished_reason", "error"),)),
-                             ExampleSeries(_VLLM_HTTP, (("status", "5xx"),), counted=False, lacks=_NO_MODEL)),
+                             _vllm_http("5xx")),
             "shed": (ExampleSeries("vllm:admission_rejections_total", (("reason", "max_num_queued_reqs"),)),
-                     ExampleSeries(_VLLM_HTTP, (("status", "5xx"),), counted=False, lacks=_NO_MODEL)),
-            "cancelled": (ExampleSeries(_VLLM_HTTP, (("status", "2xx"),), counted=False, lacks=_NO_MODEL),),
-            "client_error": (ExampleSeries(_VLLM_HTTP, (("status", "4xx"),), counted=False, lacks=_NO_MODEL),),
+                     _vllm_http("5xx")),
+            "cancelled": (_vllm_http("2xx"),),
+            "client_error": (_vllm_http("4xx"),),
         },
     ),
 )
