@@ -45,7 +45,7 @@ class RunnerCommand:
 
 # The runners' subcommands, in the order --help lists them. Their modules load when the parser is built.
 RUNNER_COMMANDS = (
-    RunnerCommand("simulate", "run the OpenAI-compatible inference simulator (vLLM metrics, faults)",
+    RunnerCommand("simulate", "run the OpenAI-compatible inference simulator (vLLM, SGLang, TGI, Triton metrics)",
                   "forge_slo.sim.command", "DESCRIPTION", "build_parser", "main_from_args", "EPILOG", raw=True),
     RunnerCommand("load", "load-test an OpenAI-compatible server with Locust and judge it against a spec",
                   "forge_slo.load.command", "DESCRIPTION", "build_parser", "main_from_args", "EPILOG"),

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forge_slo.errors import SpecError
 from forge_slo.sim import SimProcess, SimServer, load_sim_config, parse_sim_config
+from forge_slo.sim.answers import ANSWERS, SIM_PRESETS
 from forge_slo.sim.config import ModelConfig, OutputTokens
 from forge_slo.sim.engine import ModelEngine, TokenClock
 from forge_slo.sim.metrics import LagStats
-from forge_slo.spec.presets import VLLM_ITL_BUCKETS, VLLM_REQUEST_LATENCY_BUCKETS, VLLM_TTFT_BUCKETS
+from forge_slo.spec.presets import PRESETS, VLLM_ITL_BUCKETS, VLLM_REQUEST_LATENCY_BUCKETS, VLLM_TTFT_BUCKETS
 
 ROOT = Path(__file__).resolve().parents[1]
 # Timing bounds: the simulator may send up to EARLY before a deadline (its timer's early margin) and, on a
@@ -84,13 +88,13 @@ def _sample(families: dict[str, Any], family: str, sample: str, **labels: str) -
     return total
 
 
-def _abort_count(sim: SimProcess, model: str) -> float:
+def _finished(sim: SimProcess, model: str, reason: str) -> float:
     return _sample(
         _metrics(sim),
         "vllm:request_success",
         "vllm:request_success_total",
         model_name=model,
-        finished_reason="abort",
+        finished_reason=reason,
     )
 
 
@@ -233,6 +237,7 @@ def test_openai_client_raises_on_unknown_model(sim: SimProcess) -> None:
 
 
 def test_metrics_expose_vllm_series_with_vllm_buckets(sim: SimProcess) -> None:
+    """The default preset: vLLM's names, its model label and its bucket bounds, for every model."""
     with openai.OpenAI(base_url=sim.base_url, api_key="x") as client:
         client.completions.create(model="fast", prompt="abcd" * 10, max_tokens=4)
     _get(f"{sim.url}/health")
@@ -252,21 +257,17 @@ def test_metrics_expose_vllm_series_with_vllm_buckets(sim: SimProcess) -> None:
             if s.name == f"{name}_bucket" and s.labels["model_name"] == "fast"
         ]
         assert [float(le) for le in les] == [*bounds, math.inf]
-        assert {s.labels["engine"] for s in fam.samples} == {"0"}
+        assert {s.labels["model_name"] for s in fam.samples} == {"fast", "fixed", "serial", "chaos"}
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
         assert fams[name].type == "gauge"
-        assert {(s.labels["model_name"], s.labels["engine"]) for s in fams[name].samples} == {
-            (m, "0") for m in ("fast", "fixed", "serial", "chaos")
-        }
+        assert {s.labels["model_name"] for s in fams[name].samples} == {"fast", "fixed", "serial", "chaos"}
     for name in ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success"):
         assert fams[name].type == "counter"
-    # Pre-created at zero for every model, as vLLM does.
+    # Created at zero for every model before any request, so a rate() sees the first ones.
     reasons = {
         (s.labels["model_name"], s.labels["finished_reason"]) for s in fams["vllm:request_success"].samples
     }
-    assert reasons == {
-        (m, r) for m in ("fast", "fixed", "serial", "chaos") for r in ("stop", "length", "abort", "error")
-    }
+    assert reasons == {(m, r) for m in ("fast", "fixed", "serial", "chaos") for r in ("stop", "length", "error")}
     assert _sample(fams, "vllm:prompt_tokens", "vllm:prompt_tokens_total", model_name="fast") >= 10
     assert _sample(fams, "vllm:generation_tokens", "vllm:generation_tokens_total", model_name="fast") >= 4
     assert (
@@ -281,20 +282,247 @@ def test_metrics_expose_vllm_series_with_vllm_buckets(sim: SimProcess) -> None:
     http = fams["http_requests"]
     assert http.type == "counter"
     assert all("model_name" not in s.labels for s in http.samples)
-    handlers = {s.labels["handler"] for s in http.samples}
-    assert "/v1/completions" in handlers and "/metrics" not in handlers and "/health" not in handlers
     assert {s.labels["status"] for s in http.samples} <= {"2xx", "4xx", "5xx"}
-    assert (
-        _sample(
-            fams,
-            "http_requests",
-            "http_requests_total",
-            handler="/v1/completions",
-            method="POST",
-            status="2xx",
-        )
-        >= 1
-    )
+    assert _sample(fams, "http_requests", "http_requests_total", handler="/v1/completions", method="POST",
+                   status="2xx") >= 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every preset: what the server exports and how it counts, derived from spec/presets.py
+
+PRESET_MODEL = "m"
+# One slot and no queue: a request that finds the slot taken is shed.
+PRESET_CONFIG = {
+    "seed": 1,
+    "admin_token": TOKEN,
+    "models": [_model(PRESET_MODEL, prefill_base_s=0.01, itl_s=0.005, max_num_seqs=1, max_queued_requests=0,
+                      output_tokens={"distribution": "fixed", "value": 3})],
+}
+# How many requests of each outcome _one_of_each_outcome sends.
+ONE_OF_EACH = {"served": 3, "server_error": 1, "shed": 1, "cancelled": 1, "client_error": 1}
+CHAT = {"model": PRESET_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass(frozen=True)
+class PresetRun:
+    preset: str
+    before: str  # /metrics before any request
+    after: str  # and after one request of each outcome
+
+
+def _running(sim: SimProcess) -> int:
+    return int(_get(f"{sim.url}/debug/stats").json()["models"][PRESET_MODEL]["running"])
+
+
+def _one_of_each_outcome(sim: SimProcess, preset: str) -> None:
+    """Non-streaming chat requests (the shape of the presets' examples): served, failed, shed, cancelled by
+    the client, invalid; each answered as the preset's server answers."""
+    url = f"{sim.base_url}/chat/completions"
+    answers = ANSWERS[preset]
+    for _ in range(2):
+        assert httpx.post(url, json=CHAT, timeout=10).status_code == 200
+    errors = _add_fault(sim, {"kind": "errors", "model": PRESET_MODEL, "rate": 1.0}).json()["id"]
+    assert httpx.post(url, json=CHAT, timeout=10).status_code == answers.server_error
+    httpx.delete(f"{sim.url}/admin/faults/{errors}", headers=AUTH, timeout=10)
+    slow = _add_fault(sim, {"kind": "latency", "model": PRESET_MODEL, "ttft_add_s": 1.0}).json()["id"]
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(httpx.post, url, json=CHAT, timeout=10)
+        _wait_for(lambda: _running(sim) == 1)
+        shed = httpx.post(url, json=CHAT, timeout=10)
+        assert shed.status_code == answers.shed, shed.text
+        assert holder.result().status_code == 200
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up during the slow prefill
+        httpx.post(url, json=CHAT, timeout=httpx.Timeout(10, read=0.3))
+    _wait_for(lambda: _running(sim) == 0)
+    httpx.delete(f"{sim.url}/admin/faults/{slow}", headers=AUTH, timeout=10)
+    assert httpx.post(url, json={"model": PRESET_MODEL}, timeout=10).status_code == 400
+
+
+@pytest.fixture(scope="module", params=SIM_PRESETS)
+def preset_run(request: pytest.FixtureRequest) -> Iterator[PresetRun]:
+    with SimProcess(PRESET_CONFIG, preset=request.param) as sim:
+        before = _get(f"{sim.url}/metrics").text
+        _one_of_each_outcome(sim, request.param)
+        yield PresetRun(request.param, before, _get(f"{sim.url}/metrics").text)
+
+
+def _expected_families(preset: str) -> dict[str, tuple[str, set[str]]]:
+    """Family name (as prometheus_client's parser names it) -> (type, label names), from the preset alone."""
+    p = PRESETS[preset]
+    assert p.outcomes is not None
+    own = {p.model_label} if p.model_label else set()
+    out: dict[str, tuple[str, set[str]]] = {h.metric: ("histogram", own) for h in p.histograms.values()}
+    for series in p.outcomes.examples.values():
+        for e in series:
+            name = e.metric.removesuffix("_total")
+            labels = {k for k, _ in e.labels} | (own - e.lacks)
+            out[name] = ("counter", out.get(name, ("counter", set()))[1] | labels)
+    server = p.server
+    for metric in (server.prompt_tokens, server.generation_tokens):
+        if metric is not None:
+            out[metric.removesuffix("_total")] = ("counter", own)
+    for metric in (server.running, server.waiting, server.kv_cache_usage):
+        if metric is not None:
+            out[metric] = ("gauge", own)
+    return out
+
+
+def _families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_metrics_are_exactly_the_presets_families_labels_and_buckets(preset_run: PresetRun) -> None:
+    p = PRESETS[preset_run.preset]
+    fams = _families(preset_run.after)
+    found = {name: (f.type, {k for s in f.samples for k in s.labels} - {"le"}) for name, f in fams.items()}
+    assert found == _expected_families(preset_run.preset)
+    for h in p.histograms.values():
+        les = [s.labels["le"] for s in fams[h.metric].samples if s.name == f"{h.metric}_bucket"]
+        assert [float(le) for le in les] == [*h.buckets, math.inf], h.metric
+    # Names as each server prints them: vLLM's and SGLang's counters end in _total, TGI's and Triton's do not.
+    assert p.outcomes is not None
+    for metric in {e.metric for series in p.outcomes.examples.values() for e in series}:
+        assert f"\n# TYPE {metric} counter\n" in preset_run.after, metric
+        assert re.search(rf"^{re.escape(metric)}[{{ ]", preset_run.after, re.M), metric
+    if preset_run.preset == "triton":  # prometheus-cpp prints whole-millisecond bounds without ".0"
+        assert 'le="100"' in preset_run.after and 'le="100.0"' not in preset_run.after
+
+
+def _counter_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(f.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) if f.type == "counter" for s in f.samples}
+
+
+def test_each_outcome_moves_the_series_its_server_moves(preset_run: PresetRun) -> None:
+    """One request of each outcome moves exactly the series the preset's examples name, by their per-request
+    amount (TGI's double count, vLLM's echoed 500 included), and no other request counter."""
+    p = PRESETS[preset_run.preset]
+    assert p.outcomes is not None
+    own = {p.model_label: PRESET_MODEL} if p.model_label else {}
+    expected: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for outcome, n in ONE_OF_EACH.items():
+        for e in p.outcomes.examples.get(outcome, ()):
+            labels = {**{k: v for k, v in own.items() if k not in e.lacks}, **dict(e.labels)}
+            key = (e.metric.removesuffix("_total"), tuple(sorted(labels.items())))
+            expected[key] = expected.get(key, 0.0) + n * e.per_request
+    tokens = {m.removesuffix("_total") for m in (p.server.prompt_tokens, p.server.generation_tokens) if m}
+    before, after = _counter_values(preset_run.before), _counter_values(preset_run.after)
+    moved = {key: value - before.get(key, 0.0) for key, value in after.items()
+             if key[0] not in tokens and value != before.get(key, 0.0)}
+    assert moved == expected
+
+
+def test_latency_histograms_count_what_their_servers_count(preset_run: PresetRun) -> None:
+    """The three served requests (3 tokens each, one after a 1 s prefill) are in every per-request histogram;
+    the failed, shed, cancelled and invalid ones got no token and are in none."""
+    p = PRESETS[preset_run.preset]
+    fams = _families(preset_run.after)
+
+    def count(alias: str) -> float:
+        metric = p.histograms[alias].metric
+        return sum(s.value for s in fams[metric].samples if s.name == f"{metric}_count")
+
+    per_token = {"itl": 2.0}  # two gaps after the first of three tokens
+    for alias in p.histograms:
+        assert count(alias) == per_token.get(alias, 1.0) * ONE_OF_EACH["served"], alias
+    if preset_run.preset == "triton":  # whole milliseconds: the held request waited at least 1000 ms
+        total = sum(s.value for s in fams["nv_inference_first_response_histogram_ms"].samples
+                    if s.name == "nv_inference_first_response_histogram_ms_sum")
+        assert total.is_integer() and total >= 1000 + 2 * 10, total
+
+
+@pytest.mark.parametrize("preset", SIM_PRESETS)
+def test_answers_agree_with_the_status_labels_of_the_presets_examples(preset: str) -> None:
+    """Where a preset's examples carry an HTTP status (vLLM's classes, SGLang's exact codes), the status the
+    simulator answers is that one."""
+    outcomes = PRESETS[preset].outcomes
+    assert outcomes is not None
+    answers = ANSWERS[preset]
+    for outcome, status in (("server_error", answers.server_error), ("shed", answers.shed), ("served", 200)):
+        for e in outcomes.examples[outcome]:
+            for label, value in e.labels:
+                if label in ("status", "status_code"):
+                    assert value in (str(status), f"{status // 100}xx"), (preset, outcome, e.metric, value)
+
+
+def _histogram_of(fams: dict[str, Any], metric: str) -> tuple[float, float, dict[str, float]]:
+    samples = fams[metric].samples
+    total = sum(s.value for s in samples if s.name == f"{metric}_sum")
+    n = sum(s.value for s in samples if s.name == f"{metric}_count")
+    return total, n, {s.labels["le"]: s.value for s in samples if s.name == f"{metric}_bucket"}
+
+
+@pytest.mark.parametrize("preset", ["vllm", "sglang"])
+def test_itl_is_per_token_and_tpot_per_request(preset: str) -> None:
+    """Nine tokens in chunks of 4, 4 and 1, 20 ms apart: ITL has five values of about 20 ms per request (a
+    chunk of k tokens is k gaps of gap / k, never zero gaps), TPOT one per request, (last - first) / 8. A
+    one-token answer is a TPOT of 0 for vLLM and nothing for SGLang, as each server records it."""
+    config = parse_sim_config({"models": [_model("m", prefill_base_s=0.005, itl_s=0.02, tokens_per_chunk=4,
+                                                 output_tokens={"distribution": "fixed", "value": 9})]})
+
+    async def go() -> str:
+        async with SimServer(config, preset=preset) as server:
+            for _ in range(2):
+                result = await _stream(f"{server.url}/v1/completions", {"model": "m", "prompt": "x"})
+                assert result["clean"] and len(result["times"]) == 3
+            async with aiohttp.ClientSession() as session:
+                one = {"model": "m", "prompt": "x", "max_tokens": 1}
+                async with session.post(f"{server.url}/v1/completions", json=one) as r:
+                    assert r.status == 200
+                async with session.get(f"{server.url}/metrics") as m:
+                    return await m.text()
+
+    fams = _families(_run(go()))
+    p = PRESETS[preset]
+    itl_sum, itl_n, itl_buckets = _histogram_of(fams, p.histograms["itl"].metric)
+    assert itl_n == 10 and itl_buckets[_go_le(p.histograms["itl"].buckets[0])] == 0, itl_buckets
+    assert 0.019 <= itl_sum / itl_n <= 0.02 + SLACK / 5, itl_sum / itl_n
+    tpot_sum, tpot_n, tpot_buckets = _histogram_of(fams, p.histograms["tpot"].metric)
+    one_token = 1 if preset == "vllm" else 0
+    assert tpot_n == 2 + one_token
+    assert tpot_buckets[_go_le(p.histograms["tpot"].buckets[0])] == one_token
+    assert 5 * 0.02 / 8 - EARLY <= tpot_sum / 2 <= 5 * 0.02 / 8 + SLACK / 5, tpot_sum
+
+
+def _go_le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def test_sglang_counts_each_route_as_its_endpoint_and_a_stream_left_as_a_200() -> None:
+    """SGLang's HTTP counter keys the exact route; a streaming client that leaves had its 200 already, so it
+    counts as answered (beside SGLang's own abort counter)."""
+    config = parse_sim_config({"models": [_model("m", prefill_base_s=0.005, itl_s=0.01)]})
+
+    async def go() -> str:
+        async with SimServer(config, preset="sglang") as server, aiohttp.ClientSession() as session:
+            async with session.post(f"{server.url}/v1/completions", json={"model": "m", "prompt": "x"}) as r:
+                assert r.status == 200
+            body = {"model": "m", "prompt": "x", "max_tokens": 400}
+            assert len((await _stream(f"{server.url}/v1/completions", body, read_tokens=2))["times"]) == 2
+            for _ in range(100):
+                if not server.engines["m"].running:
+                    break
+                await asyncio.sleep(0.05)
+            async with session.get(f"{server.url}/metrics") as m:
+                return await m.text()
+
+    counters = _counter_values(_run(go()))
+    ok = ("sglang:http_responses", (("endpoint", "/v1/completions"), ("method", "POST"), ("status_code", "200")))
+    assert counters[ok] == 2
+    assert counters[("sglang:num_aborted_requests", (("model_name", "m"),))] == 1
+    assert counters[("sglang:num_requests", (("model_name", "m"),))] == 1
+
+
+def test_the_preset_flag_wins_over_the_config_and_a_bad_one_exits_2(tmp_path: Path) -> None:
+    config = _write(tmp_path, "preset: sglang\n")
+    with SimProcess(config) as sim:
+        assert "sglang:time_to_first_token_seconds_bucket" in _get(f"{sim.url}/metrics").text
+    with SimProcess(config, preset="tgi") as sim:
+        text = _get(f"{sim.url}/metrics").text
+        assert "tgi_request_duration_bucket" in text and "sglang:" not in text
+    proc = subprocess.run([sys.executable, "-m", "forge_slo.sim", "--port", "0", "--preset", "lmdeploy"],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert proc.returncode == 2 and "--preset" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -407,15 +635,15 @@ def test_latency_fault_raises_ttft_until_deleted(sim: SimProcess) -> None:
     assert httpx.delete(f"{sim.url}/admin/faults/slow-chaos", headers=AUTH, timeout=10).status_code == 404
 
 
-def _5xx(sim: SimProcess, handler: str) -> float:
-    return _sample(_metrics(sim), "http_requests", "http_requests_total", handler=handler, status="5xx")
+def _5xx(sim: SimProcess) -> float:
+    return _sample(_metrics(sim), "http_requests", "http_requests_total", status="5xx")
 
 
-def test_http_500_fault_counts_5xx_not_finished_requests(sim: SimProcess) -> None:
-    errors_before = _5xx(sim, "/v1/chat/completions")
-    finished_before = sum(
-        s.value for s in _metrics(sim)["vllm:request_success"].samples if s.labels["model_name"] == "chaos"
-    )
+def test_http_500_fault_counts_an_error_finish_and_its_500(sim: SimProcess) -> None:
+    """As vLLM: a request failed by the server is finished_reason="error" (what the SLI reads) and, answered
+    500, also an HTTP 5xx (an echo the SLI leaves alone)."""
+    errors_before = _5xx(sim)
+    finished_before = _finished(sim, "chaos", "error")
     r = _add_fault(sim, {"kind": "errors", "rate": 1.0, "model": "chaos"})
     try:
         with openai.OpenAI(base_url=sim.base_url, api_key="x", max_retries=0) as client:
@@ -429,16 +657,13 @@ def test_http_500_fault_counts_5xx_not_finished_requests(sim: SimProcess) -> Non
             assert ok.choices[0].message.content == " tok"
     finally:
         httpx.delete(f"{sim.url}/admin/faults/{r.json()['id']}", headers=AUTH, timeout=10)
-    assert _5xx(sim, "/v1/chat/completions") == errors_before + 2
-    finished = sum(
-        s.value for s in _metrics(sim)["vllm:request_success"].samples if s.labels["model_name"] == "chaos"
-    )
-    assert finished == finished_before
+    assert _5xx(sim) == errors_before + 2
+    assert _finished(sim, "chaos", "error") == finished_before + 2
 
 
-def test_abort_stream_fault_cuts_streams_and_counts_abort(sim: SimProcess) -> None:
-    aborts = _abort_count(sim, "chaos")
-    errors_before = _5xx(sim, "/v1/completions")
+def test_abort_stream_fault_cuts_streams_and_counts_a_server_error(sim: SimProcess) -> None:
+    errors = _finished(sim, "chaos", "error")
+    errors_before = _5xx(sim)
     r = _add_fault(
         sim,
         {
@@ -473,8 +698,8 @@ def test_abort_stream_fault_cuts_streams_and_counts_abort(sim: SimProcess) -> No
     finally:
         httpx.delete(f"{sim.url}/admin/faults/{fault_id}", headers=AUTH, timeout=10)
     assert len(result["times"]) == 3 and not result["clean"] and result["error"] is not None
-    _wait_for(lambda: _abort_count(sim, "chaos") >= aborts + 3)
-    assert _5xx(sim, "/v1/completions") == errors_before  # the cut streams had answered 200
+    _wait_for(lambda: _finished(sim, "chaos", "error") >= errors + 3)
+    assert _5xx(sim) == errors_before  # the cut streams had answered 200; the full answer got none
 
 
 def test_stall_fault_pauses_the_stream(sim: SimProcess) -> None:
@@ -490,15 +715,18 @@ def test_stall_fault_pauses_the_stream(sim: SimProcess) -> None:
     assert len(t) == 4 and t[2] - t[1] >= 0.25 - EARLY and t[2] - t[1] > t[1] - t[0], t
 
 
-def test_client_disconnect_counts_as_abort(sim: SimProcess) -> None:
-    aborts = _abort_count(sim, "chaos")
+def test_client_disconnect_is_counted_as_vllm_counts_it(sim: SimProcess) -> None:
+    """vLLM counts a client that hangs up in no vllm:* counter (only as an HTTP 200): no finish reason moves."""
+    finished = sum(_finished(sim, "chaos", reason) for reason in ("stop", "length", "error"))
+    answered = _sample(_metrics(sim), "http_requests", "http_requests_total", status="2xx")
     result = _run(
         _stream(
             f"{sim.base_url}/completions", {"model": "chaos", "prompt": "x", "max_tokens": 400}, read_tokens=2
         )
     )
     assert len(result["times"]) == 2
-    _wait_for(lambda: _abort_count(sim, "chaos") >= aborts + 1)
+    _wait_for(lambda: _sample(_metrics(sim), "http_requests", "http_requests_total", status="2xx") >= answered + 1)
+    assert sum(_finished(sim, "chaos", reason) for reason in ("stop", "length", "error")) == finished
     running = _sample(
         _metrics(sim), "vllm:num_requests_running", "vllm:num_requests_running", model_name="chaos"
     )
@@ -521,12 +749,10 @@ def test_outage_fails_requests_turns_health_503_and_ends_by_itself() -> None:
                     client.completions.create(model="sim-llama", prompt="x", max_tokens=2)
             assert _get(f"{sim.url}/health").status_code == 503
             fams = _metrics(sim)
-            assert (
-                _sample(fams, "http_requests", "http_requests_total", handler="/v1/completions", status="5xx")
-                == 3
-            )
-            finished = sum(s.value for s in fams["vllm:request_success"].samples)
-            assert finished == 1  # a 500 is not a finished request
+            assert _sample(fams, "http_requests", "http_requests_total", status="5xx") == 3
+            # The engine failed them: finished with "error", once each, beside the one answered request.
+            assert _sample(fams, "vllm:request_success", "vllm:request_success_total", finished_reason="error") == 3
+            assert _sample(fams, "vllm:request_success", "vllm:request_success_total", finished_reason="length") == 1
             _wait_for(lambda: _get(f"{sim.url}/health").status_code == 200, timeout=3)
             assert httpx.get(f"{sim.url}/admin/faults", headers=headers, timeout=10).json() == {"faults": []}
             r2 = client.completions.create(model="sim-llama", prompt="x", max_tokens=2)
@@ -682,6 +908,8 @@ tracing:
         ("faults:\n  - kind: latency\n    model: ghost\n", 3, "faults[0].model", "unknown model"),
         ("tracing:\n  exporter: jaeger\n", 2, "tracing.exporter", "one of"),
         ("models: {name: a}\n", 1, "models", "list"),
+        ("seed: 1\npreset: lmdeploy\n", 2, "preset", "one of vllm, sglang, tgi, triton"),
+        ("models:\n  - name: a\n    max_queued_requests: -1\n", 3, "models[0].max_queued_requests", "between 0"),
         (
             "models:\n  - name: a\n    output_tokens: {distribution: uniform, min: 9, max: 2}\n",
             3,
@@ -850,12 +1078,14 @@ def test_outage_cuts_running_streams() -> None:
             result = await running
             async with session.get(f"{server.url}/health") as h:
                 health = h.status
-            aborts = server.engines["m"].metrics.success["abort"]
-            return result, health, aborts
+            async with session.get(f"{server.url}/metrics") as m:
+                fams = {f.name: f for f in text_string_to_metric_families(await m.text())}
+            errors = _sample(fams, "vllm:request_success", "vllm:request_success_total", finished_reason="error")
+            return result, health, errors
 
-    result, health, aborts = _run(go())
+    result, health, errors = _run(go())
     assert 5 <= len(result["times"]) < 500 and not result["clean"] and result["error"] is not None
-    assert health == 503 and aborts == 1
+    assert health == 503 and errors == 1  # the cut stream is a request the server failed
 
 
 @pytest.mark.parametrize("kind", ["chat", "completion"])

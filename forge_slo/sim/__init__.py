@@ -1,4 +1,5 @@
-"""An OpenAI-compatible inference simulator that behaves like a vLLM server, without a GPU.
+"""An OpenAI-compatible inference simulator that behaves like an inference server (vLLM, SGLang, TGI or Triton
+metrics, as :mod:`forge_slo.spec.presets` describes them), without a GPU.
 
 ``run_simulator`` serves until a signal (the CLI calls it); :class:`SimServer` runs one in-process;
 :class:`SimProcess` runs ``python -m forge_slo.sim`` as a child process (what tests and runners use).
@@ -6,6 +7,7 @@
 
 from __future__ import annotations
 
+from forge_slo.sim.answers import SIM_PRESETS
 from forge_slo.sim.config import (
     ErrorsFault,
     Fault,
@@ -32,6 +34,7 @@ __all__ = [
     "ModelConfig",
     "OutageFault",
     "OutputTokens",
+    "SIM_PRESETS",
     "SimConfig",
     "SimProcess",
     "SimServer",

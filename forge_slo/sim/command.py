@@ -8,22 +8,25 @@ from forge_slo.durations import duration_flag
 from forge_slo.errors import UsageError
 from forge_slo.runtime.net import DEFAULT_HOST
 from forge_slo.runtime.serving import READ_TIMEOUT_S
+from forge_slo.sim.answers import DEFAULT_PRESET, SIM_PRESETS
 
 DESCRIPTION = (
-    "An OpenAI-compatible LLM inference simulator that behaves like a vLLM server without a GPU: continuous "
-    "batching with a FIFO queue, configurable TTFT and time per output token, vLLM's Prometheus metrics and "
-    "bucket bounds, fault injection and OpenTelemetry spans."
+    "An OpenAI-compatible LLM inference simulator that behaves like an inference server without a GPU: "
+    "continuous batching with a FIFO queue, configurable TTFT and time per output token, the Prometheus metrics "
+    "of vLLM, SGLang, TGI or Triton (names, labels, buckets and counting quirks of the chosen --preset), fault "
+    "injection and OpenTelemetry spans."
 )
 
 EPILOG = """\
 endpoints:
   POST /v1/chat/completions, POST /v1/completions   OpenAI wire format, streaming (SSE) or not
-  GET  /v1/models, /health (503 during an outage), /metrics (vLLM's series and buckets)
+  GET  /v1/models, /health (503 during an outage), /metrics (the preset's series and buckets)
   GET|POST|DELETE /admin/faults[/ID]                inject latency, errors, stalls, outages
   GET  /debug/stats[?reset=1]                      the simulator's own scheduling lag
 
 examples:
   forge-slo simulate --port 8000
+  forge-slo simulate --port 8000 --preset tgi
   forge-slo simulate --port 0 --config sim.yaml --ready-file /tmp/sim.json
   curl -X POST localhost:8000/admin/faults -d '{"kind": "outage", "duration_s": 30}'
 
@@ -49,6 +52,9 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="close a connection whose request line and headers, or body, do not arrive within "
                              f"this time; also the keep-alive idle limit (default: {READ_TIMEOUT_S:g}s)")
     parser.add_argument("--ready-file", metavar="FILE", help="write {host, port, pid} as JSON here once listening")
+    parser.add_argument("--preset", choices=SIM_PRESETS,
+                        help="the server whose metrics (names, labels, buckets, counting) and answers the simulator "
+                             f"takes (default: the config's preset, else {DEFAULT_PRESET})")
     return parser
 
 
@@ -58,4 +64,4 @@ def main_from_args(args: argparse.Namespace) -> int:
     if not 0 <= args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a port number (1-65535, or 0 for any free port)")
     return run_simulator(args.port, args.host, args.config, admin_token=args.admin_token,
-                         ready_file=args.ready_file, read_timeout_s=args.read_timeout)
+                         ready_file=args.ready_file, read_timeout_s=args.read_timeout, preset=args.preset)

@@ -9,8 +9,8 @@ Every number has a range, so no value can make a request never finish: delays (`
 :data:`MAX_DELAY_S` (an hour), ``duration_s`` at most :data:`MAX_DURATION_S` (a day), multipliers
 (``*_multiplier``, ``batch_slowdown``) at most :data:`MAX_MULTIPLIER`, token counts at most
 :data:`MAX_TOKENS`, ``max_num_seqs`` at most :data:`MAX_NUM_SEQS`, ``kv_cache_tokens`` at most
-:data:`MAX_KV_CACHE_TOKENS`, ``tokens_per_chunk`` at most :data:`MAX_TOKENS_PER_CHUNK`, and ``seed`` is an
-integer of magnitude at most 2**53.
+:data:`MAX_KV_CACHE_TOKENS`, ``tokens_per_chunk`` at most :data:`MAX_TOKENS_PER_CHUNK`, ``max_queued_requests`` at
+most :data:`MAX_NUM_SEQS`, and ``seed`` is an integer of magnitude at most 2**53.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from forge_slo.errors import SpecError
+from forge_slo.sim.answers import DEFAULT_PRESET, SIM_PRESETS
 from forge_slo.spec.yamlnode import MAX_INTEGER, Node, from_data, load_file
 
 ItlDistribution = Literal["fixed", "normal", "lognormal"]
@@ -73,6 +74,7 @@ class ModelConfig:
     output_tokens: OutputTokens = field(default_factory=OutputTokens)
     token_text: str = " tok"
     tokens_per_chunk: int = 1
+    max_queued_requests: int | None = None  # None: the queue is unbounded; else a request beyond it is shed
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,10 @@ FAULT_KINDS: dict[str, type[Fault]] = {
 
 @dataclass(frozen=True)
 class SimConfig:
+    """``preset``: the server whose metrics and answers the simulator takes (vllm, sglang, tgi, triton)."""
+
     seed: int = 0
+    preset: str = DEFAULT_PRESET
     admin_token: str | None = None
     models: tuple[ModelConfig, ...] = (ModelConfig(),)
     tracing: TracingConfig = field(default_factory=TracingConfig)
@@ -214,6 +219,11 @@ def _number(items: dict[str, Node], key: str, default: float, *, maximum: float,
 def _integer(items: dict[str, Node], key: str, default: int, *, minimum: int, maximum: int) -> int:
     node = _get(items, key)
     return default if node is None else node.integer(minimum=minimum, maximum=maximum)
+
+
+def _optional_integer(items: dict[str, Node], key: str, *, minimum: int, maximum: int) -> int | None:
+    node = _get(items, key)
+    return None if node is None else node.integer(minimum=minimum, maximum=maximum)
 
 
 def _string(items: dict[str, Node], key: str, default: str) -> str:
@@ -301,10 +311,10 @@ def _fault(node: Node, model_names: tuple[str, ...] | None) -> Fault:
 # ---------------------------------------------------------------------------------------------------------
 # The config file
 
-_TOP_FIELDS = {"seed", "admin_token", "models", "tracing", "faults"}
+_TOP_FIELDS = {"seed", "preset", "admin_token", "models", "tracing", "faults"}
 _MODEL_FIELDS = {"name", "max_num_seqs", "max_model_len", "kv_cache_tokens", "prefill_base_s",
                  "prefill_per_token_s", "itl_s", "itl_distribution", "itl_stddev_s", "batch_slowdown",
-                 "output_tokens", "token_text", "tokens_per_chunk"}
+                 "output_tokens", "token_text", "tokens_per_chunk", "max_queued_requests"}
 
 
 def _sim_config(root: Node | None) -> SimConfig:
@@ -312,6 +322,7 @@ def _sim_config(root: Node | None) -> SimConfig:
         return default_config()
     top = root.mapping(_TOP_FIELDS)
     seed = _integer(top, "seed", 0, minimum=-MAX_INTEGER, maximum=MAX_INTEGER)
+    preset = _choice(top, "preset", DEFAULT_PRESET, SIM_PRESETS)
     token_node = _get(top, "admin_token")
     admin_token = token_node.string() if token_node is not None else None
     models: list[ModelConfig] = []
@@ -333,9 +344,8 @@ def _sim_config(root: Node | None) -> SimConfig:
         if fault.id is not None and fault.id in (f.id for f in faults):
             item.mapping()["id"].fail(f"duplicate fault id {fault.id!r}")
         faults.append(fault)
-    return SimConfig(
-        seed=seed, admin_token=admin_token, models=tuple(models), tracing=tracing, faults=tuple(faults)
-    )
+    return SimConfig(seed=seed, preset=preset, admin_token=admin_token, models=tuple(models), tracing=tracing,
+                     faults=tuple(faults))
 
 
 def _model(node: Node) -> ModelConfig:
@@ -357,6 +367,7 @@ def _model(node: Node) -> ModelConfig:
         output_tokens=_output_tokens(f["output_tokens"]) if _get(f, "output_tokens") is not None else OutputTokens(),
         token_text=_string(f, "token_text", d.token_text),
         tokens_per_chunk=_integer(f, "tokens_per_chunk", d.tokens_per_chunk, minimum=1, maximum=MAX_TOKENS_PER_CHUNK),
+        max_queued_requests=_optional_integer(f, "max_queued_requests", minimum=0, maximum=MAX_NUM_SEQS),
     )
     if m.itl_distribution == "lognormal" and m.itl_s == 0 and m.itl_stddev_s > 0:
         (_get(f, "itl_s") or node).fail("must be > 0 for a lognormal distribution with a stddev")

@@ -21,10 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from forge_slo.sim.answers import OUTAGE_STATUS
 from forge_slo.sim.config import ErrorsFault, ModelConfig, StallFault
-from forge_slo.sim.metrics import GaugeReading, LagStats, ModelMetrics
+from forge_slo.sim.metrics import HANGUP, GaugeReading, LagStats, ModelMetrics
 
-FinishReason = Literal["stop", "length", "abort", "outage"]
+# stop, length: served; abort: cut by the server (a fault, or the server stopping); outage: failed by an outage;
+# cancelled: the client went away.
+FinishReason = Literal["stop", "length", "abort", "outage", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,13 @@ class ModelEngine:
     """Scheduler of one model; all methods run on the event loop thread."""
 
     def __init__(
-        self, cfg: ModelConfig, seed: int, loop: asyncio.AbstractEventLoop, lags: LagStats, clock: TokenClock
+        self,
+        cfg: ModelConfig,
+        seed: int,
+        loop: asyncio.AbstractEventLoop,
+        lags: LagStats,
+        clock: TokenClock,
+        metrics: ModelMetrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.loop = loop
@@ -139,7 +148,7 @@ class ModelEngine:
         # One generator per model: the same seed and arrival order give the same timings.
         self.rng = random.Random(f"{seed}:{cfg.name}")
         self.fault_rng = random.Random(f"{seed}:{cfg.name}:faults")
-        self.metrics = ModelMetrics()
+        self.metrics = metrics if metrics is not None else ModelMetrics()
         self.running = 0
         self.waiting: deque[TokenStream] = deque()
         self.kv_in_use = 0
@@ -202,6 +211,15 @@ class ModelEngine:
         usage = min(1.0, self.kv_in_use / self.cfg.kv_cache_tokens)
         return GaugeReading(self.running, len(self.waiting), usage)
 
+    def full(self) -> bool:
+        """Whether a request arriving now is shed: no slot is free for it and the queue is at its limit."""
+        limit = self.cfg.max_queued_requests
+        if limit is None:
+            return False
+        if not self.waiting and self.running < self.cfg.max_num_seqs:
+            return False
+        return len(self.waiting) >= limit
+
     def try_admit(self, stream: TokenStream) -> bool:
         """Start now if a slot is free, nobody waits and the prompt fits the KV cache; else queue (FIFO)."""
         self.streams.add(stream)
@@ -255,6 +273,7 @@ class TokenStream:
 
     __slots__ = (
         "engine",
+        "route",
         "prompt_tokens",
         "plan",
         "arrival",
@@ -284,8 +303,10 @@ class TokenStream:
         arrival: float,
         transport: asyncio.Transport | None,
         frames: tuple[bytes, bytes, bytes],
+        route: str = "/v1/completions",
     ) -> None:
         self.engine = engine
+        self.route = route
         self.prompt_tokens = prompt_tokens
         self.plan = plan
         self.arrival = arrival
@@ -323,7 +344,7 @@ class TokenStream:
         now = eng.clock.now()
         transport = self.transport
         if transport is not None and transport.is_closing():
-            self.finish("abort")
+            self.finish("cancelled")
             return None
         plan = self.plan
         i = self.emitted
@@ -337,13 +358,13 @@ class TokenStream:
         lags = eng.lags
         if i == 0:
             self.first_at = now
-            m.ttft.observe(now - self.arrival)
+            if m.ttft is not None:
+                m.ttft.observe(now - self.arrival)
             m.prompt_tokens += self.prompt_tokens
             lags.first_token.record(lag)
-        else:
-            m.itl.observe(now - self.last_at)
-            for _ in range(k - 1):
-                m.itl.observe(0.0)
+        elif m.itl is not None:
+            # Per token: a gap that brings k tokens is k gaps of gap / k (the first chunk's tokens have none).
+            m.itl.observe_many((now - self.last_at) / k, k)
         lags.token.record(lag)
         self.last_at = now
         self.emitted = i + k
@@ -367,7 +388,8 @@ class TokenStream:
         return d
 
     def finish(self, reason: FinishReason) -> None:
-        """End the request once: metrics, slot, and for a cut stream, the connection."""
+        """End the request once: its outcome in the metrics, its slot, and for a stream cut by the server, the
+        connection."""
         if self.finish_reason is not None:
             return
         self.finish_reason = reason
@@ -376,15 +398,19 @@ class TokenStream:
             self.handle = None
         eng = self.engine
         m = eng.metrics
-        now = eng.loop.time()
-        if reason in ("stop", "length"):
-            m.success[reason] += 1
-            m.e2e.observe(now - self.arrival)
-            m.queue.observe((self.admitted_at or now) - self.arrival)
-        elif reason == "abort" or self.transport is not None:
-            # A stream cut by an outage already answered 200: it counts as aborted, like a client leaving.
-            m.success["abort"] += 1
-            reason = "abort"
+        streaming = self.transport is not None
+        if reason == "stop" or reason == "length":
+            self._observe_served(m, eng.loop.time())
+            m.finished("served", eng.cfg.name, self.route, 200, reason)
+        elif reason == "cancelled":
+            m.finished("cancelled", eng.cfg.name, self.route, 200 if streaming else HANGUP, None)
+        else:
+            # A stream already answered 200, so the server cuts it; a full answer cut off gets no answer at all,
+            # one failed by an outage gets a 500.
+            status = 200 if streaming else OUTAGE_STATUS if reason == "outage" else None
+            m.finished("server_error", eng.cfg.name, self.route, status, None)
+            if streaming:
+                reason = "abort"
         eng.release(self)
         if reason == "abort" and self.transport is not None and not self.transport.is_closing():
             # Close after the buffered tokens are flushed, without the terminating chunk: the client sees
@@ -393,3 +419,18 @@ class TokenStream:
             self.transport.close()
         if not self.done.done():
             self.done.set_result(reason)
+
+    def _observe_served(self, m: ModelMetrics, now: float) -> None:
+        """The per-request histograms, observed (as the servers do) for requests that finished normally."""
+        n = self.emitted
+        if m.e2e is not None:
+            m.e2e.observe(now - self.arrival)
+        if m.queue is not None:
+            m.queue.observe((self.admitted_at or now) - self.arrival)
+        if m.tpot is not None:
+            if n > 1:
+                m.tpot.observe((self.last_at - self.first_at) / (n - 1))
+            elif m.tpot_one_token is not None:
+                m.tpot.observe(m.tpot_one_token)
+        if m.time_per_token is not None and n:
+            m.time_per_token.observe((now - (self.admitted_at or now)) / n)

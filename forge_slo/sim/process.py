@@ -22,7 +22,8 @@ class SimProcess:
     child's stdout and stderr (console spans, the shutdown summary, errors); ``log_path`` keeps that log in a
     file of the caller's (else it lives in a temporary directory until :meth:`stop`). ``own_session``: the
     simulator gets its own session, so a Ctrl-C at the terminal reaches only the parent, which stops it in
-    its own time (a game day's rollbacks still find it). ``cpu``: pin the simulator to this CPU.
+    its own time (a game day's rollbacks still find it). ``cpu``: pin the simulator to this CPU. ``preset``:
+    the server whose metrics it exports (``--preset``; default: the config's, else vllm).
     """
 
     def __init__(
@@ -37,8 +38,10 @@ class SimProcess:
         cpu: int | None = None,
         own_session: bool = False,
         log_path: Path | None = None,
+        preset: str | None = None,
     ) -> None:
         self._config = config
+        self.preset = preset
         self.host = host
         self.port = port
         self._admin_token = admin_token
@@ -107,6 +110,8 @@ class SimProcess:
             args += ["--config", str(path)]
         if self._admin_token is not None:
             args += ["--admin-token", self._admin_token]
+        if self.preset is not None:
+            args += ["--preset", self.preset]
         return python_module("forge_slo.sim", *args)
 
     def log_text(self) -> str:

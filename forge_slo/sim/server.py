@@ -15,28 +15,20 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from forge_slo.errors import RunnerError, SpecError
 from forge_slo.runtime import auth, net
 from forge_slo.runtime.serving import LINGER_S, READ_TIMEOUT_S, SHUTDOWN_GRACE_S, BodyError, read_body
+from forge_slo.sim.answers import ANSWERS, OUTAGE_STATUS
 from forge_slo.sim.config import ConfigFieldError, SimConfig, default_config, load_sim_config, parse_fault
 from forge_slo.sim.engine import ModelEngine, Plan, TokenClock, TokenStream
 from forge_slo.sim.faults import FaultExists, FaultManager
-from forge_slo.sim.metrics import (
-    EXCLUDED_HANDLERS,
-    GaugeReading,
-    HttpMetrics,
-    LagStats,
-    ModelMetrics,
-    SimCollector,
-    build_registry,
-)
+from forge_slo.sim.metrics import CONTENT_TYPE, Exposition, LagStats
 from forge_slo.sim.tracing import RequestTrace, Tracing
 from forge_slo.sim.wire import (
     GenerationRequest,
@@ -49,25 +41,30 @@ from forge_slo.sim.wire import (
     parse_generation,
     stream_frames,
 )
+from forge_slo.spec.presets import PRESETS
 
 ADMIN_TOKEN_ENV = "FORGE_SLO_SIM_ADMIN_TOKEN"
 GC_INTERVAL_S = 60.0
 log = logging.getLogger("forge_slo.sim")
 
-_PREPARED = web.RequestKey("forge_slo_sim_prepared", bool)
 _JSON = "application/json"
-_UNCOUNTED_PREFIXES = ("/admin/", "/debug/")
 
 
 def _error_response(err: WireError) -> web.Response:
     return web.Response(status=err.status, body=err.body(), content_type=_JSON)
 
 
+def _body_error(e: BodyError) -> WireError:
+    kind = "invalid_json" if e.status == 400 else "request_timeout"
+    return WireError(e.status, f"The request body: {e.reason}", code=kind)
+
+
 class SimServer:
     """One simulator: ``await start()``, use ``url``, ``await stop()``; or ``async with SimServer(...)``.
 
-    ``span_exporter`` (an OpenTelemetry SpanExporter) overrides the configured tracing exporter; tests use it
-    to read spans in-process.
+    ``preset`` (vllm, sglang, tgi, triton) overrides the config's: the server whose metrics it exports and
+    whose answers it gives. ``span_exporter`` (an OpenTelemetry SpanExporter) overrides the configured tracing
+    exporter; tests use it to read spans in-process.
     """
 
     def __init__(
@@ -79,8 +76,11 @@ class SimServer:
         admin_token: str | None = None,
         span_exporter: Any = None,
         read_timeout_s: float = READ_TIMEOUT_S,
+        preset: str | None = None,
     ) -> None:
         self.config = config or default_config()
+        self.preset = PRESETS[preset or self.config.preset]
+        self.answers = ANSWERS[self.preset.name]
         self.host = host
         self.port = port
         self.admin_token = admin_token if admin_token is not None else self.config.admin_token
@@ -89,7 +89,8 @@ class SimServer:
         self._span_exporter = span_exporter
         self._runner: web.AppRunner | None = None
         self.engines: dict[str, ModelEngine] = {}
-        self.http = HttpMetrics()
+        self.exposition = Exposition(self.preset, [m.name for m in self.config.models],
+                                     tpot_one_token=self.answers.tpot_one_token)
         self.lags = LagStats()
         self._req_seq = 0
         self._started_wall = int(time.time())
@@ -112,14 +113,14 @@ class SimServer:
         self.loop = loop
         self.clock = TokenClock(loop)
         self.engines = {
-            m.name: ModelEngine(m, self.config.seed, loop, self.lags, self.clock) for m in self.config.models
+            m.name: ModelEngine(m, self.config.seed, loop, self.lags, self.clock, self.exposition.model(m.name))
+            for m in self.config.models
         }
         self.default_model = self.config.models[0].name
         self.faults = FaultManager(self.engines, loop.time, loop)
         for fault in self.config.faults:
             self.faults.add(fault)
         self.tracing = Tracing(self.config.tracing, loop.time(), self._span_exporter)
-        self.registry = build_registry(SimCollector(self._model_readings, self.http))
         app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
@@ -167,47 +168,25 @@ class SimServer:
         self.clock.close()
         self.tracing.shutdown()
 
-    def _model_readings(self) -> Iterator[tuple[str, ModelMetrics, GaugeReading]]:
-        for name, engine in self.engines.items():
-            yield name, engine.metrics, engine.gauges()
-
     # -- middleware --------------------------------------------------------------------------------------
 
     @web.middleware
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        """Every error as an OpenAI error body. What a request counts is the handlers' to say (by outcome)."""
         self.clock.service()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "none"
-        counted = route not in EXCLUDED_HANDLERS and not route.startswith(_UNCOUNTED_PREFIXES)
-        status: int | None = 500
         try:
-            response = await handler(request)
-            status = response.status
-            return response
+            return await handler(request)
         except WireError as e:
-            status = e.status
             return _error_response(e)
         except BodyError as e:
-            status = e.status
-            kind = "invalid_json" if e.status == 400 else "request_timeout"
-            return _error_response(WireError(e.status, f"The request body: {e.reason}", code=kind))
+            return _error_response(_body_error(e))
         except web.HTTPException as e:
-            status = e.status
-            code: int | str = e.status
-            return _error_response(WireError(e.status, e.reason, code=code))
-        except asyncio.CancelledError:
-            # The client left. A stream already answered 200; a request that got no answer is not counted.
-            status = 200 if request.get(_PREPARED) else None
-            raise
+            return _error_response(WireError(e.status, e.reason, code=e.status))
         except Exception:
             log.exception("unexpected error serving %s %s", request.method, request.path)
-            status = 500
             return _error_response(WireError(500, "internal simulator error", code="internal_error"))
-        finally:
-            if counted and status is not None:
-                self.http.inc(route, request.method, status)
 
     # -- OpenAI routes -----------------------------------------------------------------------------------
 
@@ -219,15 +198,10 @@ class SimServer:
 
     async def _generate(self, request: web.Request, kind: Kind, route: str) -> web.StreamResponse:
         arrival = self.loop.time()
-        parsed = parse_generation(parse_body(await read_body(request, self.read_timeout_s)), kind)
+        parsed, engine = await self._accept(request, kind, route)
         self.clock.service()
-        engine = self._engine_for(parsed)
-        check_context_length(parsed, engine.cfg.max_model_len)
         parent = self.tracing.extract(request.headers) if self.tracing.enabled else None
-        if engine.mods.outage or (engine.mods.errors and engine.http_error_due()):
-            reason = "simulated outage" if engine.mods.outage else "simulated server error"
-            self._trace(parent, route, engine.cfg.name, parsed, arrival, None, None, 0, "error", 500)
-            raise WireError(500, f"{reason} (forge-slo sim fault)", code="simulated_fault")
+        self._refuse(engine, route, parsed, parent, arrival)
         plan = engine.plan(parsed.max_tokens)
         room = engine.cfg.max_model_len - parsed.prompt_tokens
         if parsed.max_tokens is None and plan.output_tokens > room:
@@ -241,8 +215,9 @@ class SimServer:
             response, frames = await self._open_stream(request, engine, parsed, plan, ident)
             transport = request.transport
             if transport is None:  # the client already left
+                self.exposition.record("cancelled", engine.cfg.name, route, 200, None)
                 return response
-        stream = TokenStream(engine, parsed.prompt_tokens, plan, arrival, transport, frames)
+        stream = TokenStream(engine, parsed.prompt_tokens, plan, arrival, transport, frames, route)
         reason = await self._run(stream, parent, route, parsed)
         if reason == "abort":
             return await self._cut_off(request, response)
@@ -253,18 +228,48 @@ class SimServer:
         body = full_response(ident, text, reason, parsed.prompt_tokens, stream.emitted)
         return web.Response(body=body, content_type=_JSON, headers={"X-Request-Id": ident.request_id})
 
+    async def _accept(self, request: web.Request, kind: Kind, route: str) -> tuple[GenerationRequest, ModelEngine]:
+        """The request and its model's engine; an invalid request (4xx) is counted as the server counts one."""
+        engine: ModelEngine | None = None
+        try:
+            parsed = parse_generation(parse_body(await read_body(request, self.read_timeout_s)), kind)
+            engine = self._engine_for(parsed)
+            check_context_length(parsed, engine.cfg.max_model_len)
+            if parsed.stream and request.version != HttpVersion11:
+                raise WireError(400, "Streaming needs HTTP/1.1 (chunked transfer encoding).", param="stream")
+        except (WireError, BodyError) as e:
+            error = e if isinstance(e, WireError) else _body_error(e)
+            self.exposition.record("client_error", engine.cfg.name if engine else None, route, error.status, None)
+            raise error from None
+        return parsed, engine
+
+    def _refuse(self, engine: ModelEngine, route: str, parsed: GenerationRequest, parent: Any,
+                arrival: float) -> None:
+        """Fail (an outage, an errors fault) or shed (a full queue) the request at once, as its server answers."""
+        if engine.mods.outage:
+            outcome, status, message = "server_error", OUTAGE_STATUS, "simulated outage (forge-slo sim fault)"
+        elif engine.mods.errors and engine.http_error_due():
+            outcome, status, message = "server_error", self.answers.server_error, \
+                "simulated server error (forge-slo sim fault)"
+        elif engine.full():
+            outcome, status, message = "shed", self.answers.shed, \
+                f"The request queue is full ({engine.cfg.max_queued_requests} waiting); try again later."
+        else:
+            return
+        self.exposition.record(outcome, engine.cfg.name, route, status, None)
+        self._trace(parent, route, engine.cfg.name, parsed, arrival, None, None, 0, "error", status)
+        code = "queue_full" if outcome == "shed" else "simulated_fault"
+        raise WireError(status, message, code=code)
+
     async def _open_stream(self, request: web.Request, engine: ModelEngine, parsed: GenerationRequest,
                            plan: Plan, ident: Identity) -> tuple[web.StreamResponse, tuple[bytes, bytes, bytes]]:
         """Answer 200 with an event stream; the SSE frames of this request's tokens."""
-        if request.version != HttpVersion11:
-            raise WireError(400, "Streaming needs HTTP/1.1 (chunked transfer encoding).", param="stream")
         frames = stream_frames(ident, engine.cfg.token_text, engine.cfg.tokens_per_chunk, plan.output_tokens,
                                plan.finish_reason, parsed.prompt_tokens, parsed.include_usage)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                                "Cache-Control": "no-cache", "X-Request-Id": ident.request_id})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        request[_PREPARED] = True
         return response, frames
 
     async def _run(self, stream: TokenStream, parent: Any, route: str, parsed: GenerationRequest) -> str:
@@ -274,7 +279,7 @@ class SimServer:
             stream.engine.try_admit(stream)
             reason = await stream.done
         except asyncio.CancelledError:
-            stream.finish("abort")
+            stream.finish("cancelled")
             self._trace_stream(parent, route, parsed, stream, 200 if parsed.stream else 499)
             raise
         if reason == "outage":
@@ -372,9 +377,8 @@ class SimServer:
         return web.Response(status=200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        gauges = {name: engine.gauges() for name, engine in self.engines.items()}
+        return web.Response(body=self.exposition.render(gauges), headers={"Content-Type": CONTENT_TYPE})
 
     async def _stats(self, request: web.Request) -> web.Response:
         """The simulator's own scheduling error (late tokens); ``?reset=1`` starts a new window, ``?bins=1``
@@ -445,8 +449,10 @@ def run_simulator(
     admin_token: str | None = None,
     ready_file: str | None = None,
     read_timeout_s: float = READ_TIMEOUT_S,
+    preset: str | None = None,
 ) -> int:
-    """Serve until SIGINT or SIGTERM; returns 0 after a clean stop.
+    """Serve until SIGINT or SIGTERM; returns 0 after a clean stop. ``preset`` (the --preset flag) wins over
+    the config's ``preset``.
 
     Raises :class:`~forge_slo.errors.SpecError` (exit code 2) for a bad config file,
     :class:`~forge_slo.errors.UsageError` (exit code 2) for an unusable token or a fault API exposed beyond
@@ -461,13 +467,15 @@ def run_simulator(
         if problem is not None:
             raise SpecError(f"the token {problem}", file=config_path, field="admin_token")
     token = auth.token_from("--admin-token", admin_token, ADMIN_TOKEN_ENV)
-    return asyncio.run(_serve(config, host, port, token, ready_file, read_timeout_s))
+    return asyncio.run(_serve(config, host, port, token, ready_file, read_timeout_s, preset))
 
 
 async def _serve(
-    config: SimConfig, host: str, port: int, token: str | None, ready_file: str | None, read_timeout_s: float
+    config: SimConfig, host: str, port: int, token: str | None, ready_file: str | None, read_timeout_s: float,
+    preset: str | None,
 ) -> int:
-    server = SimServer(config, host=host, port=port, admin_token=token, read_timeout_s=read_timeout_s)
+    server = SimServer(config, host=host, port=port, admin_token=token, read_timeout_s=read_timeout_s,
+                       preset=preset)
     await server.start()
     # The cyclic GC walks every live object on its older passes: tens of milliseconds with a thousand open
     # streams, a stall in every stream at once, and here it finds next to nothing (refcounting frees
@@ -481,7 +489,8 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     models = ", ".join(server.engines)
-    print(f"forge-slo sim listening on {server.listen_url} (models: {models})", flush=True)
+    print(f"forge-slo sim listening on {server.listen_url} (models: {models}; {server.preset.title} metrics)",
+          flush=True)
     if ready_file:
         tmp = f"{ready_file}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -246,11 +246,15 @@ _VLLM_HTTP = "http_requests_total"
 _VLLM_GENERATE = 'handler=~"/v1/chat/completions|/v1/completions|/v1/responses"'
 
 
+_NO_MODEL = frozenset({"model_name"})
+
+
 def _vllm_http(status: str, *, counted: bool = True, lacks: frozenset[str] = frozenset()) -> ExampleSeries:
+    """vLLM's HTTP counter (prometheus-fastapi-instrumentator): route template, method, status class."""
     labels = (("handler", "/v1/chat/completions"), ("method", "POST"), ("status", status))
     return ExampleSeries(_VLLM_HTTP, labels, counted=counted, lacks=lacks)
 
-_NO_MODEL = frozenset({"model_name"})
+
 VLLM = Preset(
     name="vllm",
     title="vLLM",
@@ -300,7 +304,7 @@ VLLM = Preset(
             "shed": (_vllm_http("5xx", lacks=_NO_MODEL),
                      ExampleSeries("vllm:admission_rejections_total", (("reason", "max_num_queued_reqs"),),
                                    counted=False)),
-            "cancelled": (),
+            "cancelled": (_vllm_http("2xx", counted=False, lacks=_NO_MODEL),),
             "client_error": (_vllm_http("4xx", counted=False, lacks=_NO_MODEL),),
         },
     ),
