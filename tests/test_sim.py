@@ -475,7 +475,9 @@ def test_itl_is_per_token_and_tpot_per_request(preset: str) -> None:
     fams = _families(_run(go()))
     p = PRESETS[preset]
     itl_sum, itl_n, itl_buckets = _histogram_of(fams, p.histograms["itl"].metric)
-    assert itl_n == 10 and itl_buckets[_go_le(p.histograms["itl"].buckets[0])] == 0, itl_buckets
+    # Zero gaps would put 6 values (3 per request) in the lowest bucket; a late chunk on a busy machine may
+    # be followed by one sent at once (the simulator keeps its schedule), so allow a couple.
+    assert itl_n == 10 and itl_buckets[_go_le(p.histograms["itl"].buckets[0])] <= 2, itl_buckets
     assert 0.019 <= itl_sum / itl_n <= 0.02 + SLACK / 5, itl_sum / itl_n
     tpot_sum, tpot_n, tpot_buckets = _histogram_of(fams, p.histograms["tpot"].metric)
     one_token = 1 if preset == "vllm" else 0
