@@ -34,6 +34,7 @@ from forge_slo.compile.rules import (
     rules_file,
     slo_labels,
 )
+from forge_slo.compile.sli import grouped_by
 from forge_slo.durations import format_duration
 from forge_slo.errors import ForgeError
 from forge_slo.spec.model import SLO, AlertPolicy, AvailabilitySLI, BurnWindow, LatencySLI, ServiceSpec
@@ -83,7 +84,7 @@ def input_series(spec: ServiceSpec, slo: SLO, total: float, errors: float) -> li
     if isinstance(sli, AvailabilitySLI):
         return outcome_series(spec, sli, {"served": total - errors, "server_error": errors})
     # Ratio SLIs: the recorded rates, since the user's raw series cannot be guessed.
-    labels = {**slo_labels(spec, slo), **group_values(spec)}
+    labels = {**slo_labels(spec, slo), **{k: v for k, v in group_values(spec).items() if k in grouped_by(spec, slo)}}
     out = []
     for seconds in spec.windows_seconds():
         out.append(Series(cv.request_rate(seconds), labels, total / 60, gauge=True))
@@ -144,7 +145,7 @@ def _windows(spec: ServiceSpec, slo: SLO) -> list[tuple[AlertPolicy, BurnWindow]
 
 def _expected_burn_alerts(spec: ServiceSpec, slo: SLO, burn: float) -> list[dict[str, Any]]:
     expected = []
-    groups = group_values(spec)
+    groups = {k: v for k, v in group_values(spec).items() if k in grouped_by(spec, slo)}
     for policy, window in _windows(spec, slo):
         if burn > window.factor:
             labels = {**alert_labels(spec, slo, policy, window), **groups}

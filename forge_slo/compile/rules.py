@@ -14,7 +14,7 @@ from forge_slo import gotemplate, promql
 from forge_slo.compile import yamlout
 from forge_slo.compile.artifact import header
 from forge_slo.compile.producer import CompileOptions, Produced, Producer
-from forge_slo.compile.sli import sli_queries
+from forge_slo.compile.sli import grouped_by, sli_queries
 from forge_slo.durations import format_duration
 from forge_slo.spec.model import SLO, AlertPolicy, BurnWindow, GpuPool, LatencySLI, ServiceSpec
 
@@ -134,11 +134,12 @@ def alert_labels(spec: ServiceSpec, slo: SLO, policy: AlertPolicy, window: BurnW
     return dict(sorted(labels.items()))
 
 
-def _group_text(spec: ServiceSpec) -> str:
+def _group_text(spec: ServiceSpec, slo: SLO) -> str:
     """`` for model_name={{ $labels.model_name }}`` naming the group an alert is about."""
-    if not spec.group_by:
+    labels = grouped_by(spec, slo)
+    if not labels:
         return ""
-    return " for " + ", ".join(f"{label}={{{{ $labels.{label} }}}}" for label in spec.group_by)
+    return " for " + ", ".join(f"{label}={{{{ $labels.{label} }}}}" for label in labels)
 
 
 def burn_annotations(spec: ServiceSpec, slo: SLO, policy: AlertPolicy, window: BurnWindow) -> dict[str, str]:
@@ -149,7 +150,7 @@ def burn_annotations(spec: ServiceSpec, slo: SLO, policy: AlertPolicy, window: B
     objective = promql.number(slo.objective_percent)
     annotations = {
         "summary": (f"{spec.service} SLO {slo.name} ({objective}% over {period}) is burning its error budget "
-                    f"{{{{ $value | printf \"%.1f\" }}}}x as fast as allowed{_group_text(spec)}"),
+                    f"{{{{ $value | printf \"%.1f\" }}}}x as fast as allowed{_group_text(spec, slo)}"),
         "description": (
             f"Over the last {long_w} (confirmed by the last {short_w}) the error ratio of {slo.name} was "
             f"{{{{ $value | printf \"%.1f\" }}}} times what the {objective}% objective allows. The {policy.severity} "

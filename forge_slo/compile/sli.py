@@ -77,6 +77,15 @@ def _availability(spec: ServiceSpec, sli: AvailabilitySLI) -> SliQueries:
     return SliQueries(errors=f"({errors}) or ({frame})", total=total)
 
 
+def grouped_by(spec: ServiceSpec, slo: SLO) -> tuple[str, ...]:
+    """The group_by labels an SLO's series carry: all of them, except those no counter of an availability
+    SLI has (SGLang's HTTP counter has no model label: that SLO is computed per server)."""
+    if isinstance(slo.sli, AvailabilitySLI):
+        missing = _missing(spec, slo.sli.counters.total)
+        return tuple(label for label in spec.group_by if label not in missing)
+    return spec.group_by
+
+
 def _missing(spec: ServiceSpec, terms: tuple[CounterTerm, ...]) -> set[str]:
     """group_by labels that none of the terms carries."""
     return {label for label in spec.group_by if all(label in term.lacks for term in terms)}
