@@ -180,3 +180,21 @@ def subprocess_run(argv: list[str], cwd: Path) -> object:
     import subprocess
 
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("empty.yaml", "", "holds no spec: the file is empty"),
+    ("comments.yaml", "# nothing here yet\n---\n", "holds no spec: the file is empty"),
+    ("sli-only.yaml", "apiVersion: openslo/v1\nkind: SLI\nmetadata: {name: x}\nspec:\n  ratioMetric:\n"
+     "    good: {metricSource: {type: Prometheus, spec: {query: 'sum(rate(a[5m]))'}}}\n"
+     "    total: {metricSource: {type: Prometheus, spec: {query: 'sum(rate(b[5m]))'}}}\n",
+     "holds no service spec"),
+])
+def test_a_file_that_compiles_to_nothing_is_an_error(tmp_path: Path, name: str, text: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    for command in (["validate", str(path)], ["compile", str(path), "--out", str(tmp_path / "out")]):
+        result = run_cli(*command)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"{path}: {message}" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
