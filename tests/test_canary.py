@@ -602,7 +602,7 @@ def test_sigterm_stops_the_gate_under_20_looks_with_prometheus_hung(tmp_path: Pa
             stop_gate(gate)
             for thread in threads:
                 thread.join(timeout=40)
-    assert code == 0 and elapsed < 6, gate.log.read_text()
+    assert code == 0 and elapsed < 6, (elapsed, gate.log.read_text())
     assert "Traceback" not in gate.log.read_text()
     assert not Path(f"/proc/{gate.process.pid}").exists()
 

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 from aiohttp import web
@@ -56,6 +56,7 @@ from forge_slo.runtime.serving import (
     READ_TIMEOUT_S,
     SHUTDOWN_GRACE_S,
     BodyError,
+    exit_now,
     parse_json,
     read_body,
 )
@@ -126,10 +127,14 @@ class Gate:
         self._looking: set[asyncio.Task[Any]] = set()
 
     def close(self) -> None:
-        """Abandon the looks in flight (their callers get no answer) and close the connections to Prometheus."""
+        """Abandon the looks in flight (their callers get no answer) and close the connections to Prometheus.
+
+        The client is closed from a daemon thread nobody waits for: closing its pool waits for the requests
+        still inside it, which a hung Prometheus holds for up to --prometheus-timeout, and the process is
+        ending anyway."""
         for task in self._looking:
             task.cancel()
-        self._prometheus.close()
+        threading.Thread(target=self._prometheus.close, name="gate-close", daemon=True).start()
 
     # -------------------------------------------------------------------------------------------- parsing
     def parse(self, params: Mapping[str, Any], where: str = "") -> Analysis:
@@ -443,12 +448,12 @@ def _log(route: str, analysis: Analysis, verdict: CanaryVerdict) -> None:
           file=sys.stderr, flush=True)
 
 
-def serve(options: GateOptions, *, host: str, port: int, ready_file: str | None = None) -> int:
-    """Serve until SIGINT or SIGTERM; returns 0. Without a token, only on a loopback address."""
+def serve(options: GateOptions, *, host: str, port: int, ready_file: str | None = None) -> NoReturn:
+    """Serve until SIGINT or SIGTERM, then end the process (exit 0). Without a token, only on loopback."""
     net.check_exposure(host, protected="the gate without a token (any caller could start or judge analyses)",
                        token=options.token, remedy="--token, --token-file or $FORGE_SLO_GATE_TOKEN "
                                                    "instead of --insecure-no-auth")
-    return asyncio.run(_serve(options, host, port, ready_file))
+    exit_now(asyncio.run(_serve(options, host, port, ready_file)))
 
 
 async def _serve(options: GateOptions, host: str, port: int, ready_file: str | None) -> int:

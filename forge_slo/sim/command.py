@@ -59,9 +59,11 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
+    from forge_slo.runtime.serving import exit_now
     from forge_slo.sim.server import run_simulator
 
     if not 0 <= args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a port number (1-65535, or 0 for any free port)")
-    return run_simulator(args.port, args.host, args.config, admin_token=args.admin_token,
+    code = run_simulator(args.port, args.host, args.config, admin_token=args.admin_token,
                          ready_file=args.ready_file, read_timeout_s=args.read_timeout, preset=args.preset)
+    exit_now(code)  # stopped cleanly: streams in flight need no interpreter finalization

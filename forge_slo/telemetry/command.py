@@ -57,6 +57,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run the exporter from parsed flags until SIGINT/SIGTERM; raises ForgeError subclasses for the CLI."""
+    from forge_slo.runtime.serving import exit_now
     from forge_slo.telemetry.exporter import ExporterOptions, run_exporter  # prometheus_client, http.server
 
     if not 0 <= args.port < 65536:
@@ -73,7 +74,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         collect_on_scrape=args.collect_on_scrape,
         read_timeout_s=args.read_timeout,
     )
-    return run_exporter(options)
+    exit_now(run_exporter(options))  # stopped cleanly: scrapes in flight need no interpreter finalization
 
 
 
