@@ -215,6 +215,16 @@ def test_report_of_an_unreachable_prometheus_exits_3_and_writes_nothing(month: M
     assert not out.exists()
 
 
+def test_report_into_a_file_instead_of_a_folder_exits_2(month: Month, tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    result = run_cli("report", str(month.spec), "--prometheus", month.prometheus.url, "--end", str(month.end),
+                     "--out", str(taken), timeout=240)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"--out {taken}: cannot write the report" in result.stderr and "Traceback" not in result.stderr
+    assert taken.read_text() == "mine"
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--end", "yesterday"], "--end: 'yesterday' is neither Unix seconds nor an RFC 3339 time"),
     (["--end", "2999-01-01T00:00:00Z"], "is in the future"),

@@ -26,7 +26,7 @@ from forge_slo import conventions as cv
 from forge_slo import promql
 from forge_slo.compile.rules import burn_alert_expr, sli_recordings
 from forge_slo.durations import format_duration
-from forge_slo.errors import RunnerError, UsageError
+from forge_slo.errors import UsageError
 from forge_slo.oncall.history import Interval, intervals, merge
 from forge_slo.oncall.pages import CSS, attained_decimals, percent
 from forge_slo.oncall.status import group_labels
@@ -421,18 +421,21 @@ def to_html(report: Report) -> str:
 
 
 def write_report(report: Report, folder: Path) -> list[Path]:
-    """The three files in ``folder``, each written whole under a temporary name first, then renamed."""
+    """The three files in ``folder``, each written whole under a temporary name first, then renamed; when one
+    cannot be written, none is (the temporary files are removed)."""
     texts = {"report.html": to_html(report), "report.md": to_markdown(report),
              "report.json": json.dumps(to_json(report), indent=2, sort_keys=True) + "\n"}
+    temps: list[tuple[Path, Path]] = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        temps = []
         for name, text in texts.items():
             temp = folder / f".{name}.tmp"
-            temp.write_text(text, encoding="utf-8")
             temps.append((temp, folder / name))
+            temp.write_text(text, encoding="utf-8")
         for temp, final in temps:
             os.replace(temp, final)
     except OSError as exc:
-        raise RunnerError(f"--out {folder}: cannot write the report: {exc.strerror or exc}") from None
+        for temp, _ in temps:
+            temp.unlink(missing_ok=True)
+        raise UsageError(f"--out {folder}: cannot write the report: {exc.strerror or exc}") from None
     return [folder / name for name in texts]
