@@ -74,6 +74,8 @@ slos:
     objective: 99
     sli: {latency: {metric: ttft, threshold: 0.25}}
 """
+# A service whose rules were never loaded into Prometheus: the page must say "no data", not 0 or blank.
+UNLOADED = ASSISTANT.replace("service: assistant", "service: batch")
 MODEL = "e2e-model"
 SIM = {"seed": 11, "models": [{
     "name": MODEL, "max_num_seqs": 32, "prefill_base_s": 0.01, "prefill_per_token_s": 0.0, "itl_s": 0.005,
@@ -262,6 +264,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     specs = [tmp / "chat.yaml", tmp / "assistant.yaml"]
     specs[0].write_text(CHAT)
     specs[1].write_text(ASSISTANT)
+    unloaded = tmp / "unloaded" / "batch.yaml"
+    unloaded.parent.mkdir()
+    unloaded.write_text(UNLOADED)
     compiled = run_cli("compile", *map(str, specs), "--out", str(tmp / "out"))
     assert compiled.returncode == 0, compiled.stderr
     routing = tmp / "out" / "alertmanager" / "alertmanager.yaml"
@@ -279,7 +284,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prom = start_prometheus(tmp, [f"127.0.0.1:{sim.port}"], rule_files=[tmp / "out/prometheus/*.rules.yaml"],
                                 interval="1s", alertmanagers=[am_url.removeprefix("http://")])
         parts.append(prom.stop)
-        ui = start_ui(tmp, specs, prom.url, "--refresh", "2s")
+        ui = start_ui(tmp, [*specs, unloaded], prom.url, "--refresh", "2s")
         parts.append(ui.stop)
         traffic = Traffic(sim.url).start()
         parts.append(traffic.stop)
@@ -360,6 +365,7 @@ LIST_SNAPSHOT = """() => {
   const row = document.querySelector("tr.slo-row");
   return {at: document.querySelector("time.as-of").dataset.unix,
           keys: [...document.querySelectorAll("tr.slo-row")].map(r => r.dataset.key),
+          budgets: [...document.querySelectorAll("tr.slo-row td.budget")].map(c => c.innerText),
           budget: row.querySelector("td.budget .v").innerText, attained: row.querySelector("td.attained .v").innerText,
           burn: row.querySelector('.burn[data-window="30s"] .v').innerText,
           alerts: row.querySelector("td.alerts").innerText, scripts: document.querySelectorAll("script").length};
@@ -383,8 +389,10 @@ def test_the_burning_slo_is_first_with_the_numbers_of_the_rules(stack: Stack, br
     assert response is not None and response.status == 200
     seen = page.evaluate(LIST_SNAPSHOT)
     assert seen["scripts"] == 0  # server-rendered, no script
-    assert seen["keys"][0] == f"chat/availability/model_name={MODEL}", seen["keys"]
-    assert sorted(seen["keys"][1:]) == ["assistant/ttft", f"chat/ttft/model_name={MODEL}"], seen["keys"]
+    # Worst first: the SLO paging, then the one whose recordings do not exist, then the healthy ones.
+    assert seen["keys"][:2] == [f"chat/availability/model_name={MODEL}", "batch/ttft"], seen["keys"]
+    assert sorted(seen["keys"][2:]) == ["assistant/ttft", f"chat/ttft/model_name={MODEL}"], seen["keys"]
+    assert seen["budgets"][1] == "no data"
     assert "page firing 30s/10s" in seen["alerts"]
     assert "Releases frozen by the budget policy: chat" in page.locator(".banner.freeze").inner_text()
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from forge_slo import conventions as cv
 from forge_slo.compile.dashboards import dashboard_uid, dashboard_url
 from forge_slo.durations import format_duration
 from forge_slo.oncall.history import merge
@@ -122,13 +123,13 @@ def attained_cell(row: SloRow) -> str:
     value = row.attained
     text = percent(value, attained_decimals(row.slo.objective_percent)) if value is not None else ""
     cls = "" if value is None or math.isnan(value) else ("bad" if value < row.slo.objective_ratio else "ok")
-    return _value(value, text, "no forge_slo:period_error:ratio series", cls)
+    return _value(value, text, f"no {cv.PERIOD_ERROR_RATIO} series", cls)
 
 
 def budget_cell(row: SloRow) -> str:
     value = row.remaining
     text = percent(value, 2) if value is not None else ""
-    cell = _value(value, text, "no forge_slo:error_budget_remaining:ratio series", budget_class(row))
+    cell = _value(value, text, f"no {cv.ERROR_BUDGET_REMAINING} series", budget_class(row))
     if row.frozen:
         cell += ' <span class="badge frozen" title="the budget policy freezes releases">releases frozen</span>'
     return cell
@@ -151,7 +152,7 @@ def burns_cell(row: SloRow) -> str:
         cls = ""
         if value is not None and not math.isnan(value) and value >= factors.get(window, math.inf):
             cls = "bad"
-        shown = _value(value, burn_text(value) if value is not None else "", f"no {name} error ratio series", cls)
+        shown = _value(value, burn_text(value) if value is not None else "", f"no {cv.error_ratio(window)} series", cls)
         parts.append(f'<span class="burn" data-window="{escape(name)}">{escape(name)} {shown}</span>')
     return f'<div class="burns">{"".join(parts)}</div>'
 
@@ -410,16 +411,16 @@ def history_table(detail: Detail) -> str:
     rows = []
     for item in sorted(detail.history, key=lambda i: i.start, reverse=True):
         labels = item.labels
-        windows = f"{labels.get('forge_slo_long_window', '')}/{labels.get('forge_slo_short_window', '')}".strip("/")
+        windows = f"{labels.get(cv.LONG_WINDOW_LABEL, '')}/{labels.get(cv.SHORT_WINDOW_LABEL, '')}".strip("/")
         group = _group_name({k: v for k, v in labels.items() if k in detail.spec.group_by})
         rows.append(
-            f'<tr><td data-label="Severity">{escape(labels.get("forge_slo_severity", ""))}</td>'
+            f'<tr><td data-label="Severity">{escape(labels.get(cv.SEVERITY_LABEL, ""))}</td>'
             f'<td data-label="Alert">{escape(labels.get("alertname", ""))}</td>'
             f'<td data-label="Windows">{escape(windows) or "–"}</td><td data-label="Group">{escape(group)}</td>'
             f'<td data-label="Started">{when(item.start)}</td>'
             f'<td data-label="Ended">{when(item.end) if item.end is not None else "still firing"}</td>'
             f'<td data-label="Duration" class="num">{_duration(item.duration(at))}</td></tr>')
-    pages = len(merge([i for i in detail.history if i.labels.get("forge_slo_severity") == PAGE],
+    pages = len(merge([i for i in detail.history if i.labels.get(cv.SEVERITY_LABEL) == PAGE],
                       detail.history_step))
     return (f'<p class="meta">{pages} page{"s" if pages != 1 else ""} in the period; times to '
             f"{format_duration(detail.history_step)}.</p>"
