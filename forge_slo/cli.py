@@ -57,6 +57,10 @@ RUNNER_COMMANDS = (
                   "forge_slo.canary.command", "GATE_DESCRIPTION", "build_gate_parser", "gate_from_args"),
     RunnerCommand("gameday", "run chaos experiments as a game day and report, or schedule them",
                   "forge_slo.chaos.command", "DESCRIPTION", "build_gameday_parser", "gameday_from_args", "EPILOG"),
+    RunnerCommand("ui", "serve the SLO status page: every SLO's budget, burn rates and alerts from Prometheus",
+                  "forge_slo.oncall.command", "UI_DESCRIPTION", "build_ui_parser", "ui_from_args"),
+    RunnerCommand("report", "write an error-budget report of a period (HTML, Markdown, JSON) for a service review",
+                  "forge_slo.oncall.command", "REPORT_DESCRIPTION", "build_report_parser", "report_from_args"),
     RunnerCommand("gpu-exporter", "serve GPU metrics in dcgm-exporter's names (NVML, or a fake fleet)",
                   "forge_slo.telemetry.command", "DESCRIPTION", "build_parser", "main_from_args"),
 )

@@ -5,12 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages of the real parts the tests start: Prometheus and promtool, Alertmanager and amtool (the
+# routing test), chromium (the status page's browser tests; Playwright drives it, it downloads no browser).
+packages=()
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  echo "== installing Debian's prometheus package (promtool and the server the end-to-end tests start)"
+  packages+=(prometheus)
+fi
+if ! command -v amtool >/dev/null 2>&1 || ! command -v prometheus-alertmanager >/dev/null 2>&1; then
+  packages+=(prometheus-alertmanager)
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  packages+=(chromium)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "== installing Debian's ${packages[*]}"
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 echo "== installing forge-slo with its test dependencies (and Chaos Toolkit)"

@@ -101,12 +101,15 @@ def start_prometheus(tmp_path: Path, scrape_targets: list[str], rule_files: Sequ
                      interval: str = "1s", *, job: str = "forge-slo-test",
                      startup_timeout: float = 30.0,
                      target_labels: dict[str, dict[str, str]] | None = None,
-                     run_as: str | None = None) -> PrometheusHandle:
+                     run_as: str | None = None, alertmanagers: Sequence[str] = (),
+                     data_dir: Path | None = None, extra_args: Sequence[str] = ()) -> PrometheusHandle:
     """Start Prometheus scraping ``scrape_targets`` (host:port) every ``interval``, with ``rule_files``.
 
     ``target_labels`` maps a target to labels Prometheus adds to all its series (e.g. ``deployment``).
     ``rule_files`` may hold globs, as a real configuration does. ``run_as`` names another user to run it as
-    (needs root; its work folder is handed to that user), the way a packaged Prometheus runs.
+    (needs root; its work folder is handed to that user), the way a packaged Prometheus runs. ``alertmanagers``
+    (host:port) receive its alerts; ``data_dir`` is a TSDB to open (e.g. backfilled blocks) instead of a new one;
+    ``extra_args`` are more flags (e.g. a longer retention for old data).
     """
     workdir = tmp_path / f"prometheus-{free_port()}"
     workdir.mkdir(parents=True)
@@ -122,6 +125,8 @@ def start_prometheus(tmp_path: Path, scrape_targets: list[str], rule_files: Sequ
         "rule_files": [str(Path(p).absolute()) for p in rule_files],
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": list(scrape_targets)}]}],
     }
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     if target_labels is not None:
         config["scrape_configs"] = [{"job_name": job, "static_configs": [
             {"targets": [target], "labels": dict(target_labels.get(target, {}))} for target in scrape_targets]}]
@@ -133,8 +138,9 @@ def start_prometheus(tmp_path: Path, scrape_targets: list[str], rule_files: Sequ
     if run_as is not None:
         os.chown(config_path, user.pw_uid, user.pw_gid)
     process = subprocess.Popen(
-        [*prefix, PROMETHEUS_BIN, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        [*prefix, PROMETHEUS_BIN, f"--config.file={config_path}",
+         f"--storage.tsdb.path={data_dir if data_dir is not None else workdir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn", *extra_args],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir,
     )
     handle = PrometheusHandle(f"http://127.0.0.1:{port}", process, workdir, log_path, log_file)

@@ -12,6 +12,9 @@ Routes (all under ``/v1`` need ``Authorization: Bearer TOKEN``):
 - ``POST /v1/flagger/confirm-promotion``: 200 only when the verdict is ``pass``; 412 holds the promotion.
 - ``GET /healthz``: 200, no token.
 
+A spec with a ``budget_policy`` holds every verdict while its releases are frozen, unless the request's
+``budget_override`` field says who overrides and why (see :mod:`forge_slo.canary.policy`).
+
 An analysis starts at the first request of its session (Argo: service, selectors and ``session``; Flagger:
 namespace, name and checksum) unless ``since`` says when; each look reads Prometheus from then to now.
 Malformed requests get 400 (401 without the token, 404 for an unknown route, 408 for a body that does not
@@ -44,6 +47,7 @@ from typing import Any, NoReturn, TypeVar
 import httpx
 from aiohttp import web
 
+from forge_slo.canary import policy
 from forge_slo.canary.judge import judge_source, unavailable
 from forge_slo.canary.model import CanaryVerdict, JudgeConfig
 from forge_slo.canary.selectors import SelectorError, check_arms, format_selector, parse_selector
@@ -63,7 +67,7 @@ from forge_slo.runtime.serving import (
 from forge_slo.sources.prometheus import PrometheusClient
 from forge_slo.spec.model import ServiceSpec
 
-PARAMS = ("service", "baseline", "canary", "window", "interval", "session", "since")
+PARAMS = ("service", "baseline", "canary", "window", "interval", "session", "since", policy.OVERRIDE_FIELD)
 _JSON = "application/json"
 _MAX_BODY = 64 * 1024
 # Argo Rollouts' web metric provider waits 10 s by default: answer before it gives up.
@@ -99,6 +103,7 @@ class Analysis:
     interval_seconds: float
     session: str
     since: float | None
+    budget_override: str | None = None  # who overrides the spec's budget policy, and why
 
 
 class BadRequest(Exception):
@@ -176,8 +181,12 @@ class Gate:
         interval = self._duration(params, "interval", self.options.interval_seconds, prefix)
         if interval > window:
             raise BadRequest(f"{prefix}interval", "is longer than the window")
+        try:
+            override = policy.parse_override(params.get(policy.OVERRIDE_FIELD))
+        except ValueError as exc:
+            raise BadRequest(f"{prefix}{policy.OVERRIDE_FIELD}", str(exc)) from None
         return Analysis(spec, arms["baseline"], arms["canary"], window, interval, str(params.get("session", "")),
-                        self._since(params.get("since"), prefix))
+                        self._since(params.get("since"), prefix), override)
 
     @staticmethod
     def _duration(params: Mapping[str, Any], key: str, default: float, prefix: str) -> float:
@@ -250,8 +259,9 @@ class Gate:
         client = self._prometheus
         with client.deadline(deadline):
             source = PrometheusSource(client, analysis.baseline, analysis.canary)
-            return judge_source(analysis.spec, source, self.options.config, start=start, end=now,
-                                complete=complete, window_seconds=analysis.window_seconds)
+            verdict = judge_source(analysis.spec, source, self.options.config, start=start, end=now,
+                                   complete=complete, window_seconds=analysis.window_seconds)
+            return policy.enforce(analysis.spec, client, verdict, analysis.budget_override, at=now)
 
     def _expire(self, now: float) -> None:
         horizon = 2 * self.options.window_seconds + 3600

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from forge_slo.compile import dashboards, promtool_tests, rollouts, rules
+from forge_slo.compile import alertmanager, dashboards, promtool_tests, rollouts, rules
 from forge_slo.compile.artifact import Artifact
 from forge_slo.compile.producer import CompileOptions, Producer
 from forge_slo.spec.model import ServiceSpec
@@ -16,6 +16,7 @@ PRODUCERS: tuple[Producer, ...] = (
     promtool_tests.PRODUCER,
     dashboards.PRODUCER,
     rollouts.PRODUCER,
+    alertmanager.PRODUCER,
 )
 
 

@@ -139,6 +139,18 @@ class SLO:
 
 
 @dataclass(frozen=True)
+class BudgetPolicy:
+    """What the service does as its error budget runs out: releases freeze while any SLO it covers has less
+    than ``freeze_below_ratio`` of its period's budget left (``slos`` empty: every SLO of the service)."""
+
+    freeze_below_ratio: float
+    slos: tuple[str, ...] = ()
+
+    def covers(self, slo: str) -> bool:
+        return not self.slos or slo in self.slos
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     service: str
     preset: Preset
@@ -155,6 +167,7 @@ class ServiceSpec:
     source: str = ""
     source_format: str = "forge-slo/v1"
     gpu: GpuPool | None = None
+    budget_policy: BudgetPolicy | None = None
 
     warnings: tuple[str, ...] = ()  # what loading changed or could not carry over, for the user to read
 

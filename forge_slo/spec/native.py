@@ -20,6 +20,7 @@ from forge_slo.spec.model import (
     TICKET,
     AlertPolicy,
     AvailabilitySLI,
+    BudgetPolicy,
     BurnWindow,
     GaugeSLI,
     GpuPool,
@@ -49,7 +50,8 @@ MAX_UNIT_SECONDS = 86400.0
 
 
 _SERVICE_FIELDS = {"apiVersion", "kind", "service", "description", "preset", "metrics", "buckets", "selector",
-                   "group_by", "period", "labels", "alerting", "slos", "gpu"}
+                   "group_by", "period", "labels", "alerting", "slos", "gpu",
+                   "budget_policy"}
 
 
 def parse_service(doc: Node) -> ServiceSpec:
@@ -72,10 +74,11 @@ def parse_service(doc: Node) -> ServiceSpec:
     warnings: list[str] = []
     slos = parse_slos(items["slos"], preset, page, ticket, gpu, explicit=explicit, warnings=warnings)
     warnings.extend(_ungroupable(slos, group_by, preset))
+    policy = parse_budget_policy(items["budget_policy"], slos) if "budget_policy" in items else None
     return ServiceSpec(
         service=service, preset=preset, period_seconds=period, slos=slos, page=page, ticket=ticket,
         selector=frozen_map(selector), group_by=group_by, labels=frozen_map(labels), min_events=min_events,
-        absent_for_seconds=absent_for, description=description, source=doc.file, gpu=gpu,
+        absent_for_seconds=absent_for, description=description, source=doc.file, gpu=gpu, budget_policy=policy,
         warnings=tuple(f"{doc.file}: {service}: {w}" for w in warnings),
     )
 
@@ -92,6 +95,27 @@ def _ungroupable(slos: tuple[SLO, ...], group_by: tuple[str, ...], preset: Prese
                            f"{', '.join(missing)} label, so this SLO is computed for the whole server, not per "
                            f"{', '.join(missing)}")
     return out
+
+
+def parse_budget_policy(node: Node, slos: tuple[SLO, ...]) -> BudgetPolicy:
+    """``budget_policy: {freeze_releases: {below_percent: 25, slos: [...]}}``: the canary gate refuses promotion
+    while a covered SLO has less than that share of its error budget left."""
+    items = node.mapping({"freeze_releases"}, required=("freeze_releases",))
+    freeze = items["freeze_releases"].mapping({"below_percent", "slos"}, required=("below_percent",))
+    share = freeze["below_percent"].number(minimum=0, maximum=100)
+    names: list[str] = []
+    if "slos" in freeze:
+        known = [slo.name for slo in slos]
+        for item in freeze["slos"].sequence():
+            name = item.string()
+            if name not in known:
+                item.fail(f"no SLO {name!r} in this spec; its SLOs: {', '.join(known)}")
+            if name in names:
+                item.fail(f"{name!r} is listed twice")
+            names.append(name)
+        if not names:
+            freeze["slos"].fail("list at least one SLO, or leave 'slos' out to cover every SLO")
+    return BudgetPolicy(freeze_below_ratio=round(share / 100, 12), slos=tuple(names))
 
 
 def _has_windows(alerting: Node | None, severity: str) -> bool:
