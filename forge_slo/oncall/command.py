@@ -108,6 +108,8 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def ui_from_args(args: argparse.Namespace) -> int:
     """Run ``forge-slo ui`` until SIGINT/SIGTERM; bad input raises UsageError."""
+    from forge_slo.runtime.serving import exit_now
+
     if not 0 <= args.port < 65536:
         raise UsageError(f"--port: {args.port} is not a port number (0-65535)")
     if args.grafana_url is not None and not args.grafana_url.startswith(("http://", "https://")):
@@ -120,7 +122,8 @@ def ui_from_args(args: argparse.Namespace) -> int:
     options = UiOptions(specs=tuple(specs), prometheus_url=prometheus, prometheus_timeout_s=args.prometheus_timeout,
                         token=token, refresh_seconds=args.refresh, grafana_url=args.grafana_url,
                         read_timeout_s=args.read_timeout)
-    return serve(options, host=args.host, port=args.port, ready_file=args.ready_file)
+    # Stopped cleanly: reads abandoned in daemon threads need no interpreter finalization.
+    exit_now(serve(options, host=args.host, port=args.port, ready_file=args.ready_file))
 
 
 # --------------------------------------------------------------------------------------------------- report
