@@ -1053,7 +1053,7 @@ AVAILABILITY_SPEC = """\
 apiVersion: forge-slo/v1
 kind: ServiceSLO
 service: chat
-preset: vllm
+preset: sglang
 slos:
   - {{name: av, objective: 90, sli: {{availability: {availability}}}}}
   - {{name: itl, objective: 90, sli: {{latency: {{metric: itl, threshold: 0.05}}}}}}

@@ -108,7 +108,7 @@ def _guard_lines(res: ExperimentResult, service: str, slo: str) -> list[Line]:
             continue
         points = tuple((float(t) - res.start, float(v)) for t, v, _ in guard.get("readings") or () if v is not None)
         if points:
-            out.append(Line(f"guard's reading ({guard.get('window') or 'shortest window'})", points))
+            out.append(Line(f"guard's reading {guard.get('window') or ''}".strip(), points))
     return out
 
 
