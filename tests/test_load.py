@@ -1056,7 +1056,7 @@ service: chat
 preset: sglang
 slos:
   - {{name: av, objective: 90, sli: {{availability: {availability}}}}}
-  - {{name: itl, objective: 90, sli: {{latency: {{metric: itl, threshold: 0.05}}}}}}
+  - {{name: itl, objective: 90, sli: {{latency: {{metric: itl, threshold: 0.06}}}}}}
   - {{name: queue, objective: 90, sli: {{latency: {{metric: queue, threshold: 0.5}}}}}}
 """
 
