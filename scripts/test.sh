@@ -5,12 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages the tests start: prometheus (promtool and the server) and victoria-metrics (VictoriaMetrics and
+# vmalert, the second rule engine the compiled rules are proven on). Installed only when missing.
+packages=()
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  echo "== installing Debian's prometheus package (promtool and the server the end-to-end tests start)"
+  packages+=(prometheus)
+fi
+if ! command -v vmalert >/dev/null 2>&1 || ! command -v victoria-metrics >/dev/null 2>&1; then
+  packages+=(victoria-metrics)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "== installing Debian's ${packages[*]} package(s) (servers and tools the tests start)"
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 echo "== installing forge-slo with its test dependencies (and Chaos Toolkit)"
