@@ -64,7 +64,8 @@ SLOTH = textwrap.dedent("""\
         objective: 99
         sli:
           events:
-            error_query: sum(rate(checkout_seconds_count[{{.window}}])) - sum(rate(checkout_seconds_bucket{le="0.5"}[{{.window}}]))
+            error_query: |
+              sum(rate(checkout_seconds_count[{{.window}}])) - sum(rate(checkout_seconds_bucket{le="0.5"}[{{.window}}]))
             total_query: sum(rate(checkout_seconds_count[{{.window}}]))
         alerting:
           name: CheckoutSlow
@@ -187,7 +188,8 @@ SHARED = textwrap.dedent("""\
       spec:
         ratioMetric:
           counter: true
-          good: {metricSource: {type: Prometheus, spec: {query: 'sum by (region) (search_requests_total{code!~"5.."})'}}}
+          good:
+            metricSource: {type: Prometheus, spec: {query: 'sum by (region) (search_requests_total{code!~"5.."})'}}
           total: {metricSource: {type: Prometheus, spec: {query: 'sum by (region) (search_requests_total)'}}}
     """)
 SLOS = textwrap.dedent("""\
@@ -339,7 +341,10 @@ ALERTING = textwrap.dedent("""\
           spec:
             ratioMetric:
               counter: true
-              bad: {metricSource: {type: Prometheus, spec: {query: 'checkouts_total{result="failed"}', dimensions: [region]}}}
+              bad:
+                metricSource:
+                  type: Prometheus
+                  spec: {query: 'checkouts_total{result="failed"}', dimensions: [region]}
               total: {metricSource: {type: Prometheus, spec: {query: checkouts_total}}}
         timeWindow: [{duration: 30d, isRolling: false, calendar: {startTime: "2024-01-01 00:00:00", timeZone: UTC}}]
         budgetingMethod: Occurrences
@@ -398,8 +403,8 @@ def pyrra(indicator: str, extra: str = "") -> str:
 
 
 def test_pyrra_indicators_and_grouping(tmp_path: Path, promtool: str) -> None:
-    ratio = "ratio:\n  errors: {metric: 'http_requests_total{code=~\"5..\"}'}\n  total: {metric: http_requests_total}\n" \
-            "  grouping: [handler]\n"
+    ratio = ("ratio:\n  errors: {metric: 'http_requests_total{code=~\"5..\"}'}\n"
+             "  total: {metric: http_requests_total}\n  grouping: [handler]\n")
     [spec] = load_specs([write(tmp_path, pyrra(ratio))])
     assert (spec.service, spec.period_seconds, spec.group_by) == ("api", 14 * 86400, ("handler",))
     assert spec.slos[0].objective_percent == 99.5

@@ -18,7 +18,6 @@ from tests.conftest import EXAMPLES, REPO, run_cli
 from tests.test_spec import write
 
 
-
 def _re2_to_python(node: Any) -> Any:
     """The schema with its RE2 patterns in Python's spelling: Go lets a flag group such as ``(?i)`` stand after
     ``^``; Python wants it first."""

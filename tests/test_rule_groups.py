@@ -57,7 +57,7 @@ def test_group_settings_reach_every_group_and_promtool_accepts_them(tmp_path: Pa
     tests = subprocess.run([promtool, "test", "rules", "chat.test.yaml"], cwd=out / "promtool-tests",
                            capture_output=True, text=True, timeout=300)
     assert tests.returncode == 0, tests.stdout[-2000:]
-    offset = run_cli("compile", str(spec), "--out", str(tmp_path / "o2"), "--group-query-offset", "1m", "--no-dashboards")
+    offset = run_cli("compile", str(spec), "--out", str(tmp_path / "o2"), "--group-query-offset", "1m")
     assert offset.returncode == 0
     assert {g["query_offset"] for g in yaml.safe_load((tmp_path / "o2/prometheus/chat.rules.yaml").read_text())[
         "groups"]} == {"1m"}
