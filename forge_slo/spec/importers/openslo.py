@@ -17,6 +17,7 @@ carry over (calendar alignment, notification targets, dimensions, ...) is named 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -37,6 +38,7 @@ from forge_slo.spec.importers.common import (
 )
 from forge_slo.spec.model import PAGE, SLO, TICKET, AlertPolicy, BurnWindow, RatioSLI, ServiceSpec, frozen_map
 from forge_slo.spec.native import (
+    MAX_DURATION_S,
     MAX_MIN_EVENTS,
     RESERVED_LABEL_PREFIX,
     parse_alert_name,
@@ -399,7 +401,8 @@ def _period(spec: dict[str, Node], doc: Doc, notes: Notes) -> float:
     if doc.version == V1ALPHA:
         window = windows[0].mapping({"unit", "count", "isRolling", "calendar"}, required=("unit", "count"))
         unit = window["unit"].choice(tuple(_V1ALPHA_UNITS))
-        period = window["count"].integer(minimum=1) * _V1ALPHA_UNITS[unit]
+        period = window["count"].integer(minimum=1, maximum=int(MAX_DURATION_S // _V1ALPHA_UNITS[unit])) \
+            * _V1ALPHA_UNITS[unit]
         if unit in ("Month", "Quarter", "Year"):
             notes.note(window["unit"], f"a {unit.lower()} is read as {format_duration(_V1ALPHA_UNITS[unit])} "
                                        "(a rolling period has a fixed length)")
@@ -415,11 +418,15 @@ def _period(spec: dict[str, Node], doc: Doc, notes: Notes) -> float:
 
 def _shorthand(node: Node, notes: Notes) -> float:
     text = node.string().strip()
-    if text[-1:] in _SHORTHAND and text[:-1].isdigit():
-        notes.note(node, f"{text[-1]} is read as {format_duration(_SHORTHAND[text[-1]])} (a rolling period has a "
-                         "fixed length)")
-        return int(text[:-1]) * _SHORTHAND[text[-1]]
-    return duration(node)
+    match = re.fullmatch(r"([0-9]{1,6})([MQY])", text)
+    if match is None:
+        return duration(node)
+    seconds = int(match.group(1)) * _SHORTHAND[match.group(2)]
+    if not 0 < seconds <= MAX_DURATION_S:
+        node.fail(f"{text!r} must be longer than zero and at most {format_duration(MAX_DURATION_S)}")
+    notes.note(node, f"{match.group(2)} is read as {format_duration(_SHORTHAND[match.group(2)])} (a rolling "
+                     "period has a fixed length)")
+    return seconds
 
 
 # Indicators -------------------------------------------------------------------------------------------------

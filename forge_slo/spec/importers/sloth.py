@@ -152,7 +152,8 @@ def _plugin_ids(node: Node) -> list[str]:
     if isinstance(value, dict):
         if isinstance(value.get("id"), str):
             ids.append(value["id"])
-        for step in value.get("chain") or []:
+        chain = value.get("chain")
+        for step in chain if isinstance(chain, list) else []:
             if isinstance(step, dict) and isinstance(step.get("id"), str):
                 ids.append(step["id"])
     return list(dict.fromkeys(ids))
