@@ -18,8 +18,9 @@ import yaml
 from forge_slo.compile.producer import CompileOptions
 from forge_slo.compile.promtool_tests import PRODUCER as TESTS
 from forge_slo.compile.rules import PRODUCER as RULES
+from forge_slo.compile.rules import rules_document
 from forge_slo.errors import SpecErrors
-from forge_slo.spec import load_specs
+from forge_slo.spec import ServiceSpec, load_specs
 from tests.conftest import REPO, run_cli
 
 PEERS = REPO / "tests" / "data" / "peers"
@@ -56,6 +57,8 @@ def _run(fmt: str, name: str, entry: dict[str, Any], out: Path) -> Outcome:
         assert all(e.line is not None for e in info.value.errors), str(info.value)
         return outcome
     specs = load_specs(paths, native_histograms=entry.get("native_histograms", False))
+    if fmt == "sloth":
+        _sloth_alerting_intact(paths[0], specs)
     objectives = sorted(slo.objective_percent for spec in specs for slo in spec.slos)
     assert objectives == sorted(float(o) for o in entry["objectives"]), f"{fmt}/{name}: objectives {objectives}"
     folder = out / fmt / name.replace(".", "_")
@@ -67,6 +70,37 @@ def _run(fmt: str, name: str, entry: dict[str, Any], out: Path) -> Outcome:
     outcome.compiled = True
     outcome.folder = folder
     return outcome
+
+
+_SEVERITIES = {"page": ("page_alert", "pageAlert"), "ticket": ("ticket_alert", "ticketAlert")}
+
+
+def _sloth_alerting_intact(path: Path, specs: list[ServiceSpec]) -> None:
+    """Every alert a Sloth SLO asks for is compiled under its name with its labels and annotations as written;
+    a disabled one is not."""
+    by_service = {spec.service: spec for spec in specs}
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc or doc.get("kind", "PrometheusServiceLevel") != "PrometheusServiceLevel":
+            continue
+        body = doc.get("spec", doc)
+        spec = by_service[body["service"]]
+        alerts = [r for g in rules_document(spec)["groups"] for r in g["rules"] if "alert" in r]
+        for slo in body["slos"]:
+            alerting = slo.get("alerting", {})
+            for severity, keys in _SEVERITIES.items():
+                own = next((alerting[k] for k in keys if k in alerting), {})
+                fired = [a for a in alerts if a["labels"]["forge_slo_name"] == slo["name"]
+                         and a["labels"]["forge_slo_severity"] == severity and not a["alert"].endswith("SLIAbsent")]
+                if own.get("disable"):
+                    assert fired == [], f"{path.name}: {slo['name']} {severity} is disabled"
+                    continue
+                assert fired, f"{path.name}: {slo['name']} has no {severity} alert"
+                labels = {**alerting.get("labels", {}), **own.get("labels", {})}
+                annotations = {**alerting.get("annotations", {}), **own.get("annotations", {})}
+                for alert in fired:
+                    assert alert["alert"] == alerting.get("name", alert["alert"])
+                    assert {k: alert["labels"].get(k) for k in labels} == {k: str(v) for k, v in labels.items()}
+                    assert {k: alert["annotations"].get(k) for k in annotations} == annotations
 
 
 def test_peer_examples_compile_or_are_refused_at_their_field(tmp_path: Path, promtool: str) -> None:
