@@ -223,8 +223,8 @@ def _service_spec(service: str, entries: list[Imported], library: Library) -> Se
     return ServiceSpec(
         service=service, preset=CUSTOM, period_seconds=first.period, slos=tuple(slos), page=page, ticket=ticket,
         group_by=group_by, labels=frozen_map(labels), min_events=min_events, absent_for_seconds=absent_for,
-        description=description,
-        source=first.doc.node.file, source_format=first.doc.version, warnings=tuple(notes.items),
+        description=description, source=first.doc.node.file, source_format=first.doc.version,
+        warnings=tuple(notes.items),
     )
 
 
@@ -555,25 +555,39 @@ def _v1alpha_source(node: Node) -> Node:
 
 # SLIs by budgeting method -----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Threshold:
+    """A threshold metric's comparison: a value is good when ``value op threshold``."""
+
+    value: str
+    op: str
+    threshold: float
+
+    def good(self) -> str:
+        return f"(({self.value}) {GOOD_OP[self.op]} bool {promql.number(self.threshold)})"
+
+    def bad(self) -> str:
+        return f"(({self.value}) {BAD_OP[self.op]} bool {promql.number(self.threshold)})"
+
+    def one(self) -> str:
+        return f"(({self.value}) * 0 + 1)"
+
+
 def _objective_sli(ind: Indicator, method: str, objective: Node, entry: dict[str, Node], version: str,
                    notes: Notes) -> RatioSLI:
     op = entry["op"].choice(tuple(GOOD_OP)) if "op" in entry else None
+    threshold = None
     if ind.value is not None:
         if op is None or "value" not in entry:
             objective.fail("a threshold metric needs the objective's 'op' and 'value' (good when the metric op value)")
-        threshold = promql.number(entry["value"].number())
-        good = f"(({ind.value}) {GOOD_OP[op]} bool {threshold})"
-    else:
-        if "value" in entry:
-            notes.dropped(entry["value"], "a value is compared with threshold metrics only")
-        good = ""
+        threshold = Threshold(ind.value, op, entry["value"].number())
+    elif "value" in entry:
+        notes.dropped(entry["value"], "a value is compared with threshold metrics only")
     if method == "Occurrences":
         for key in ("timeSliceTarget", "timeSliceWindow"):
             if key in entry:
                 notes.dropped(entry[key], "time slices apply to Timeslices budgeting only")
-        return _occurrences(ind, good, op, entry, notes)
-    if "timeSliceTarget" not in entry and method == "Timeslices":
-        objective.fail("Timeslices budgeting needs 'timeSliceTarget': the share a slice must reach to count as good")
+        return _occurrences(ind, threshold, entry, notes)
     if "timeSliceWindow" in entry:
         slice_s = _shorthand(entry["timeSliceWindow"], notes)
     else:
@@ -581,29 +595,30 @@ def _objective_sli(ind: Indicator, method: str, objective: Node, entry: dict[str
         notes.note(objective, "no timeSliceWindow" + (" (openslo/v1alpha has none)" if version == V1ALPHA else "")
                    + ": slices of 1m assumed")
     step = format_duration(slice_s)
-    ratio = _slice_ratio(ind, step)
     if method == "RatioTimeslices":
-        if good:
+        if threshold is not None:
             objective.fail("RatioTimeslices averages the ratio of each slice: it needs a ratio metric")
+        ratio = _slice_ratio(ind, step)
         return RatioSLI(errors=f"avg_over_time((1 - ({ratio}))[{W}:{step}])",
                         total=f"avg_over_time((({ratio}) * 0 + 1)[{W}:{step}])")
+    if "timeSliceTarget" not in entry:
+        objective.fail("Timeslices budgeting needs 'timeSliceTarget': the share a slice must reach to count as good")
     target = entry["timeSliceTarget"].number()
     if not 0 < target <= 1:
         entry["timeSliceTarget"].fail("must be above 0 and at most 1")
-    if good:  # a slice is good when its share of good evaluations reaches the target
-        share = f"avg_over_time({good}[{step}:])"
+    if threshold is not None:  # a slice is good when its share of good evaluations reaches the target
+        share = f"avg_over_time({threshold.good()}[{step}:])"
         return RatioSLI(errors=f"sum(avg_over_time(({share} < bool {promql.number(target)})[{W}:{step}]))",
                         total=f"sum(avg_over_time(({share} * 0 + 1)[{W}:{step}]))")
-    bad_op = BAD_OP[op or "gte"]
-    return RatioSLI(errors=f"avg_over_time((({ratio}) {bad_op} bool {promql.number(target)})[{W}:{step}])",
+    ratio = _slice_ratio(ind, step)  # a slice is good when its ratio is on the good side of the target
+    return RatioSLI(errors=f"avg_over_time((({ratio}) {BAD_OP[op or 'gte']} bool {promql.number(target)})[{W}:{step}])",
                     total=f"avg_over_time((({ratio}) * 0 + 1)[{W}:{step}])")
 
 
-def _occurrences(ind: Indicator, good: str, op: str | None, entry: dict[str, Node], notes: Notes) -> RatioSLI:
-    if good:  # every evaluation of every series is an event
-        bad = good.replace(f" {GOOD_OP[op or 'gt']} bool ", f" {BAD_OP[op or 'gt']} bool ", 1)
-        return RatioSLI(errors=f"sum(avg_over_time({bad}[{W}:]))",
-                        total=f"sum(avg_over_time((({ind.value}) * 0 + 1)[{W}:]))")
+def _occurrences(ind: Indicator, threshold: Threshold | None, entry: dict[str, Node], notes: Notes) -> RatioSLI:
+    if threshold is not None:  # every evaluation of every series is an event
+        return RatioSLI(errors=f"sum(avg_over_time({threshold.bad()}[{W}:]))",
+                        total=f"sum(avg_over_time({threshold.one()}[{W}:]))")
     if "op" in entry:
         notes.dropped(entry["op"], "op compares threshold metrics (and time slices) only")
     if ind.raw_good_ratio is not None:
@@ -617,8 +632,7 @@ def _slice_ratio(ind: Indicator, step: str) -> str:
     """The good share of one slice: good/total over the slice (only where there was traffic), or a raw ratio."""
     if ind.raw_good_ratio is not None:
         return f"avg_over_time(({ind.raw_good_ratio})[{step}:])"
-    if ind.total is None:
-        return ""
+    assert ind.total is not None  # a ratio metric (threshold metrics are judged per evaluation)
     total = f"({promql.fill_window(ind.total, step)}) > 0"
     if ind.good is not None:
         return f"({promql.fill_window(ind.good, step)}) / ({total})"
