@@ -224,6 +224,8 @@ def _compare(prom: PrometheusHandle, vm: VictoriaMetricsHandle, traffic: Traffic
           f"{crossed['vmalert'] - crossed['prometheus']:+.1f}s apart; vmalert paged "
           f"{fired['vmalert'] - crossed['vmalert']:.1f}s after its ratios crossed; before {before}; after {after}; "
           f"while mixed {mixed}")
-    assert abs(crossed["vmalert"] - crossed["prometheus"]) <= EVAL_S + 1.5
+    # Bounds with room for a loaded machine: a scrape and a second of jitter beyond the evaluation, and for
+    # vmalert one more evaluation when its write-back is late.
+    assert abs(crossed["vmalert"] - crossed["prometheus"]) <= EVAL_S + 2
     assert fired["prometheus"] - crossed["prometheus"] <= 1.5
-    assert 0 <= fired["vmalert"] - crossed["vmalert"] <= EVAL_S + 1.5
+    assert 0 <= fired["vmalert"] - crossed["vmalert"] <= 2 * EVAL_S + 1.5
