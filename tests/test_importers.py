@@ -98,6 +98,8 @@ def test_sloth_keeps_each_slos_alert_labels_annotations_and_disable(tmp_path: Pa
         assert "category" not in alert["labels"] and "runbook" not in alert["annotations"]
         expected = "pager-latency" if alert["labels"]["forge_slo_severity"] == "page" else "chat"
         assert alert["labels"]["severity"] == expected
+    [absent] = alerts_of(spec, "CheckoutErrorsSLIAbsent")  # with tickets disabled, it goes with the page
+    assert (absent["labels"]["forge_slo_severity"], absent["labels"]["severity"]) == ("page", "critical")
     recordings = [r for r in rules_of(spec) if "record" in r]
     assert all("category" not in r["labels"] for r in recordings)  # alert labels go on alerts only
     assert all(r["labels"]["repo"] == "acme/checkout" for r in recordings)
