@@ -77,9 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check spec files and report every problem",
-                       description="Load and check spec files (forge-slo/v1, Sloth prometheus/v1, OpenSLO v1). "
-                                   "Prints one line per problem with file, line and field.", epilog=EPILOG)
+                       description="Load and check spec files (forge-slo/v1; Sloth prometheus/v1 and "
+                                   "PrometheusServiceLevel; OpenSLO v1, v1alpha and v2alpha; Pyrra "
+                                   "ServiceLevelObjective). Prints one line per problem with file, line and field, "
+                                   "and a warning for each field an import could not carry over.", epilog=EPILOG)
     p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or directories (all *.yaml/*.yml in them)")
+    _add_native_histograms(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("compile", help="compile specs into rules, alerts, promtool tests and dashboards",
@@ -102,7 +105,20 @@ def _parser() -> argparse.ArgumentParser:
                            help=f"skip the {producer.description}")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if DIR differs from what the specs compile to (for CI)")
+    _add_rule_group_flags(p)
+    _add_native_histograms(p)
     p.set_defaults(func=cmd_compile, skip=[])
+
+    p = sub.add_parser("export", help="write specs in another SLO format (OpenSLO v1)",
+                       description="Write the given specs as OpenSLO v1 documents (a Service and one SLO per SLO, "
+                                   "with burn-rate alert policies; forge-slo.dev/* annotations keep what OpenSLO has "
+                                   "no field for, so importing them back compiles to the same rules).", epilog=EPILOG)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="spec files or directories")
+    p.add_argument("--format", default="openslo", choices=("openslo",), help="the format to write (openslo)")
+    p.add_argument("--out", "-o", metavar="DIR", type=Path,
+                   help="write DIR/<service>.openslo.yaml (default: all documents to standard output)")
+    _add_native_histograms(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("prometheus-config", help="write a Prometheus config that scrapes targets and loads rules",
                        description="Write a prometheus.yml that scrapes the given targets and loads the rule files "
@@ -124,10 +140,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_native_histograms(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--native-histograms", action="store_true",
+                   help="the Prometheus that evaluates the rules reads native histograms (2.40+ with "
+                        "--enable-feature=native-histograms, or 3.x): compile SLIs on them (Pyrra's latencyNative)")
+
+
+def _add_rule_group_flags(p: argparse.ArgumentParser) -> None:
+    from forge_slo.compile.producer import DEFAULT_MAX_RULES_PER_GROUP
+
+    p.add_argument("--max-rules-per-group", type=_count, default=DEFAULT_MAX_RULES_PER_GROUP, metavar="N",
+                   help=f"split rule groups to at most N rules (default {DEFAULT_MAX_RULES_PER_GROUP}, Mimir's "
+                        "default limit; 0: one group per SLO)")
+    p.add_argument("--group-interval", type=duration_flag(), metavar="DURATION",
+                   help="evaluation interval written on every rule group (default: the engine's global one)")
+    p.add_argument("--group-limit", type=_count, metavar="N",
+                   help="limit written on every rule group (alerts and series a rule may produce; 0: none)")
+    p.add_argument("--group-query-offset", type=duration_flag(), metavar="DURATION",
+                   help="query_offset written on every rule group (Prometheus 2.53+, Mimir): evaluate that far "
+                        "in the past, for data that arrives late")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from forge_slo.spec import load_specs
 
-    specs = load_specs(args.paths)
+    specs = load_specs(args.paths, native_histograms=args.native_histograms)
     _print_warnings(specs)
     for spec in specs:
         print(f"ok  {spec.service}: {len(spec.slos)} SLOs from {spec.source} ({spec.source_format})")
@@ -145,17 +188,20 @@ def _folder_dest(folder: str) -> str:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from forge_slo.compile.producer import CompileOptions
+    from forge_slo.compile.producer import CompileOptions, RuleGroups
     from forge_slo.output import stale_files, write_output
     from forge_slo.spec import load_specs
 
-    specs = load_specs(args.paths)
+    specs = load_specs(args.paths, native_histograms=args.native_histograms)
     _print_warnings(specs)
     targets = {pr.folder: getattr(args, _folder_dest(pr.folder)) or args.out / pr.folder for pr in PRODUCERS
                if pr.name not in args.skip}
     root = os.path.abspath(args.out)
     folders = {name: os.path.relpath(os.path.abspath(path), root) for name, path in targets.items()}
-    result = compile_specs(specs, CompileOptions(format=args.format, folders=folders), skip=args.skip)
+    groups = RuleGroups(max_rules=args.max_rules_per_group, interval_seconds=args.group_interval,
+                        limit=args.group_limit, query_offset_seconds=args.group_query_offset)
+    result = compile_specs(specs, CompileOptions(format=args.format, folders=folders, groups=groups),
+                           skip=args.skip)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.check:
@@ -170,6 +216,31 @@ def cmd_compile(args: argparse.Namespace) -> int:
     plans = write_output(result.artifacts, targets)
     slos = sum(len(s.slos) for s in specs)
     print(f"compiled {len(specs)} services, {slos} SLOs into {len(result.artifacts)} files")
+    for plan in plans:
+        for rel in sorted(plan.files):
+            print(f"  {plan.path / rel}")
+        for rel in plan.stale:
+            print(f"  removed {plan.path / rel} (no spec produces it any more)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from forge_slo.compile.artifact import Artifact
+    from forge_slo.compile.openslo_export import export_openslo
+    from forge_slo.output import write_output
+    from forge_slo.spec import load_specs
+
+    specs = load_specs(args.paths, native_histograms=args.native_histograms)
+    _print_warnings(specs)
+    exported = export_openslo(specs)
+    for warning in exported.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.out is None:
+        sys.stdout.write("---\n".join(text for _, text in sorted(exported.files.items())))
+        return 0
+    artifacts = [Artifact(f"openslo/{name}", text) for name, text in sorted(exported.files.items())]
+    plans = write_output(artifacts, {"openslo": args.out})
+    print(f"exported {len(specs)} services as OpenSLO v1")
     for plan in plans:
         for rel in sorted(plan.files):
             print(f"  {plan.path / rel}")

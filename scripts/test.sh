@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages of the real parts the tests start: Prometheus and promtool, Alertmanager and amtool (the
-# routing test), chromium (the status page's browser tests; Playwright drives it, it downloads no browser).
+# Debian packages of the real parts the tests start, installed only when missing: Prometheus and promtool,
+# Alertmanager and amtool (the routing test), VictoriaMetrics and vmalert (the second rule engine the compiled
+# rules are proven on), chromium (the status page's browser tests; Playwright drives it, it downloads no browser).
 packages=()
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
   packages+=(prometheus)
@@ -14,11 +15,14 @@ fi
 if ! command -v amtool >/dev/null 2>&1 || ! command -v prometheus-alertmanager >/dev/null 2>&1; then
   packages+=(prometheus-alertmanager)
 fi
+if ! command -v vmalert >/dev/null 2>&1 || ! command -v victoria-metrics >/dev/null 2>&1; then
+  packages+=(victoria-metrics)
+fi
 if ! command -v chromium >/dev/null 2>&1; then
   packages+=(chromium)
 fi
 if [ "${#packages[@]}" -gt 0 ]; then
-  echo "== installing Debian's ${packages[*]}"
+  echo "== installing Debian's ${packages[*]} (servers and tools the tests start)"
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq

@@ -186,7 +186,8 @@ SLOTH = textwrap.dedent("""\
 def test_sloth_import(tmp_path: Path, promtool: str) -> None:
     [spec] = load_specs([write(tmp_path, SLOTH)])
     assert spec.source_format == "sloth/prometheus-v1"
-    assert spec.page.enabled and not spec.ticket.enabled
+    page, ticket = spec.page_and_ticket(spec.slos[0])
+    assert page.enabled and not ticket.enabled
     assert spec.slos[0].alert_name == "MyServiceHighErrorRate"
     out = tmp_path / "out"
     assert run_cli("compile", str(tmp_path / "spec.yaml"), "--out", str(out)).returncode == 0
@@ -198,12 +199,12 @@ def test_sloth_import(tmp_path: Path, promtool: str) -> None:
     assert result.returncode == 0, result.stdout[-2000:]
 
 
-def test_sloth_raw_sli_is_refused(tmp_path: Path) -> None:
+def test_sloth_plugin_sli_is_refused(tmp_path: Path) -> None:
     start, end = SLOTH.index("      events:"), SLOTH.index("    alerting:")
-    text = SLOTH[:start] + "      raw:\n          error_ratio_query: sum(rate(x[{{.window}}]))\n" + SLOTH[end:]
+    text = SLOTH[:start] + "      plugin:\n          id: my_plugin\n" + SLOTH[end:]
     result = run_cli("validate", str(write(tmp_path, text)))
     assert result.returncode == 2
-    assert "Sloth 'raw' SLIs cannot be imported" in result.stderr
+    assert "slos[0].sli.plugin: Sloth plugins cannot be imported: plugin 'my_plugin'" in result.stderr
 
 
 OPENSLO = textwrap.dedent("""\
@@ -258,11 +259,11 @@ def test_openslo_import(tmp_path: Path, promtool: str) -> None:
     assert result.returncode == 0, result.stdout[-2000:]
 
 
-def test_openslo_aggregated_counter_query_is_refused(tmp_path: Path) -> None:
-    text = OPENSLO.replace("query: search_requests_total}", "query: 'sum(search_requests_total)'}", 1)
+def test_openslo_counter_query_without_an_exact_rate_is_refused(tmp_path: Path) -> None:
+    text = OPENSLO.replace("query: search_requests_total}", "query: 'max(search_requests_total)'}", 1)
     with pytest.raises(SpecErrors) as info:
         load_specs([write(tmp_path, text)])
-    assert "must be a plain series selector" in str(info.value)
+    assert "a counter query must be a series selector or a sum of one" in str(info.value)
 
 
 # Outputs proven by their consumers -------------------------------------------------------------------------

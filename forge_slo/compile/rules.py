@@ -1,6 +1,10 @@
 """Prometheus rules for a service: SLI recordings, SLO metadata, burn-rate and absent-metrics alerts.
 
-Pure functions from a spec to plain data; writing files is the CLI's job.
+Pure functions from a spec to plain data; writing files is the CLI's job. One set of rules, laid out for the
+engine that evaluates it (``--format``): Prometheus rule files (also what vmalert loads), prometheus-operator
+PrometheusRule resources, Thanos ruler files (``partial_response_strategy``) and Mimir/Cortex ruler files
+(``mimirtool rules load``: a namespace per service). Groups hold at most ``RuleGroups.max_rules`` rules (Mimir's
+default limit is 20), split where one kind of rule ends and the next begins.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from typing import Any
 
 from forge_slo import conventions as cv
 from forge_slo import gotemplate, promql
-from forge_slo.compile import yamlout
+from forge_slo.compile import kubernetes, yamlout
 from forge_slo.compile.artifact import header
-from forge_slo.compile.producer import CompileOptions, Produced, Producer
+from forge_slo.compile.producer import CompileOptions, Produced, Producer, RuleGroups
 from forge_slo.compile.sli import grouped_by, sli_queries
 from forge_slo.durations import format_duration
 from forge_slo.spec.model import SLO, AlertPolicy, BurnWindow, GpuPool, LatencySLI, ServiceSpec
@@ -42,19 +46,57 @@ def slo_selector(spec: ServiceSpec, slo: SLO) -> dict[str, str]:
     return {cv.SERVICE_LABEL: spec.service, cv.SLO_LABEL: slo.name}
 
 
-def rule_groups(spec: ServiceSpec) -> list[dict[str, Any]]:
-    """One rule group per SLO: recordings first, then alerts, so alerts read this evaluation's values.
+def rule_groups(spec: ServiceSpec, options: RuleGroups | None = None) -> list[dict[str, Any]]:
+    """The rule groups of one SLO after another: recordings first, then alerts, so alerts read this
+    evaluation's values (within a group; across a split, at worst the previous evaluation's).
 
-    A spec with a ``gpu`` section gets one more group: GPU health alerts and the fleet's cost recordings.
+    A spec with a ``gpu`` section gets one more: GPU health alerts and the fleet's cost recordings.
     """
-    groups = [{"name": f"forge-slo:{spec.service}:{slo.name}", "rules": slo_rules(spec, slo)} for slo in spec.slos]
+    options = options or RuleGroups()
+    groups: list[dict[str, Any]] = []
+    for slo in spec.slos:
+        groups.extend(split_group(f"forge-slo:{spec.service}:{slo.name}", slo_layers(spec, slo), options))
     if spec.gpu is not None:
-        groups.append({"name": f"forge-slo:{spec.service}:gpu", "rules": gpu_rules(spec, spec.gpu)})
+        groups.extend(split_group(f"forge-slo:{spec.service}:gpu", [gpu_rules(spec, spec.gpu)], options))
     return groups
 
 
+def split_group(name: str, layers: list[list[Rule]], options: RuleGroups) -> list[dict[str, Any]]:
+    """Layers of rules (each reading the ones before) packed into groups of at most ``max_rules``: a layer
+    stays whole where it fits, and a layer larger than a group is cut in order. The first group keeps
+    ``name``; the others are ``name:2``, ``name:3``..."""
+    limit = options.max_rules or sum(len(layer) for layer in layers) or 1
+    chunks: list[list[Rule]] = [[]]
+    for layer in layers:
+        if chunks[-1] and len(chunks[-1]) + len(layer) > limit:
+            chunks.append([])
+        for rule in layer:
+            if len(chunks[-1]) == limit:
+                chunks.append([])
+            chunks[-1].append(rule)
+    return [group_entry(name if i == 0 else f"{name}:{i + 1}", rules, options)
+            for i, rules in enumerate(c for c in chunks if c)]
+
+
+def group_entry(name: str, rules: list[Rule], options: RuleGroups) -> dict[str, Any]:
+    group: dict[str, Any] = {"name": name}
+    if options.interval_seconds is not None:
+        group["interval"] = format_duration(options.interval_seconds)
+    if options.limit is not None:
+        group["limit"] = options.limit
+    if options.query_offset_seconds is not None:
+        group["query_offset"] = format_duration(options.query_offset_seconds)
+    group["rules"] = rules
+    return group
+
+
+def slo_layers(spec: ServiceSpec, slo: SLO) -> list[list[Rule]]:
+    """An SLO's rules in the order they read each other: SLI recordings, metadata, alerts."""
+    return [sli_recordings(spec, slo), metadata_recordings(spec, slo), alerts(spec, slo)]
+
+
 def slo_rules(spec: ServiceSpec, slo: SLO) -> list[Rule]:
-    return sli_recordings(spec, slo) + metadata_recordings(spec, slo) + alerts(spec, slo)
+    return [rule for layer in slo_layers(spec, slo) for rule in layer]
 
 
 def _record(name: str, expr: str, labels: dict[str, str]) -> Rule:
@@ -176,7 +218,8 @@ def alerts(spec: ServiceSpec, slo: SLO) -> list[Rule]:
             rule["labels"] = literal_labels(alert_labels(spec, slo, policy, window))
             rule["annotations"] = burn_annotations(spec, slo, policy, window)
             rules.append(rule)
-    rules.append(absent_alert(spec, slo))
+    if rules:  # an SLO whose alerts are all disabled raises none, not even the absent alert
+        rules.append(absent_alert(spec, slo))
     return rules
 
 
@@ -185,10 +228,17 @@ def literal_labels(labels: dict[str, str]) -> dict[str, str]:
     return {k: gotemplate.literal(v) for k, v in labels.items()}
 
 
+def absent_policy(spec: ServiceSpec, slo: SLO) -> AlertPolicy:
+    """Where the absent alert goes: with the ticket, or with the page when tickets are disabled."""
+    page, ticket = spec.page_and_ticket(slo)
+    return ticket if ticket.enabled or not page.enabled else page
+
+
 def absent_labels(spec: ServiceSpec, slo: SLO) -> dict[str, str]:
+    policy = absent_policy(spec, slo)
     labels = slo_labels(spec, slo)
-    labels.update(spec.page_and_ticket(slo)[1].labels)
-    labels[cv.SEVERITY_LABEL] = "ticket"
+    labels.update(policy.labels)
+    labels[cv.SEVERITY_LABEL] = policy.severity
     return dict(sorted(labels.items()))
 
 
@@ -308,22 +358,41 @@ def gpu_rules(spec: ServiceSpec, gpu: GpuPool) -> list[Rule]:
 
 # Files ----------------------------------------------------------------------------------------------------
 
-def rules_document(spec: ServiceSpec) -> dict[str, Any]:
-    """A Prometheus rule file: ``{"groups": [...]}``."""
-    return {"groups": rule_groups(spec)}
+def rules_document(spec: ServiceSpec, options: RuleGroups | None = None) -> dict[str, Any]:
+    """A Prometheus rule file: ``{"groups": [...]}`` (vmalert loads the same file)."""
+    return {"groups": rule_groups(spec, options)}
 
 
-def operator_document(spec: ServiceSpec) -> dict[str, Any]:
-    """The same rules as a prometheus-operator PrometheusRule custom resource."""
+def operator_document(spec: ServiceSpec, options: RuleGroups | None = None) -> dict[str, Any]:
+    """The same rules as a prometheus-operator PrometheusRule custom resource, with Kubernetes metadata the API
+    server accepts (what sanitising changed is kept in annotations)."""
+    labels = {"app.kubernetes.io/managed-by": "forge-slo", **dict(spec.labels)}
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {
-            "name": f"forge-slo-{spec.service.lower().replace('_', '-').replace('.', '-')}",
-            "labels": {"app.kubernetes.io/managed-by": "forge-slo", **dict(spec.labels)},
-        },
-        "spec": rules_document(spec),
+        "metadata": kubernetes.metadata("forge-slo", spec.service, labels),
+        "spec": rules_document(spec, options),
     }
+
+
+# Thanos' ruler: what a group does when a store answers only in part. Abort: an alert neither fires nor resolves
+# on part of the data.
+PARTIAL_RESPONSE_STRATEGY = "abort"
+
+
+def thanos_document(spec: ServiceSpec, options: RuleGroups | None = None) -> dict[str, Any]:
+    """A Thanos ruler file: Prometheus' groups, each with ``partial_response_strategy``."""
+    groups = [{**group, "partial_response_strategy": PARTIAL_RESPONSE_STRATEGY} for group in rule_groups(spec, options)]
+    return {"groups": groups}
+
+
+def mimir_document(spec: ServiceSpec, options: RuleGroups | None = None) -> dict[str, Any]:
+    """A Mimir/Cortex ruler file as ``mimirtool rules load`` takes it: the service's namespace and its groups."""
+    return {"namespace": spec.service, "groups": rule_groups(spec, options)}
+
+
+DOCUMENTS = {"prometheus": rules_document, "prometheus-operator": operator_document, "thanos": thanos_document,
+             "mimir": mimir_document}
 
 
 def rules_file(spec: ServiceSpec) -> str:
@@ -332,13 +401,15 @@ def rules_file(spec: ServiceSpec) -> str:
 
 
 def produce(specs: Sequence[ServiceSpec], options: CompileOptions) -> Produced:
-    document = operator_document if options.format == "prometheus-operator" else rules_document
-    return Produced({rules_file(spec): yamlout.dump(document(spec), header(spec)) for spec in specs})
+    document = DOCUMENTS[options.format]
+    return Produced({rules_file(spec): yamlout.dump(document(spec, options.groups), header(spec)) for spec in specs})
 
 
 PRODUCER = Producer(
     name="rules", folder="prometheus", description="Prometheus recording rules and burn-rate alerts",
     produce=produce, optional=False,
-    formats={"prometheus": "plain Prometheus rule files",
-             "prometheus-operator": "PrometheusRule custom resources for the prometheus-operator"},
+    formats={"prometheus": "plain Prometheus rule files (vmalert loads them too)",
+             "prometheus-operator": "PrometheusRule custom resources for the prometheus-operator",
+             "thanos": "Thanos ruler files (groups with partial_response_strategy: abort)",
+             "mimir": "Mimir/Cortex ruler files for mimirtool rules load (a namespace per service)"},
 )

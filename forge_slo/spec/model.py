@@ -59,7 +59,9 @@ class RatioSLI:
     total: str
     errors: str | None = None
     good: str | None = None
-    kind: str = field(default="ratio", init=False)
+    # What the queries measure, for the info series: "ratio", or the kind an exported SLI had before it was
+    # flattened into queries (an OpenSLO round trip of a latency SLO reads back as "latency").
+    kind: str = "ratio"
 
 
 @dataclass(frozen=True)
