@@ -801,13 +801,17 @@ def test_sigterm_stops_the_gate_under_20_looks_with_prometheus_hung(tmp_path: Pa
 
 # --------------------------------------------------------------------------------------------- end to end
 
-def sim_config(slowdown: float) -> dict[str, Any]:
+def sim_config(slowdown: float, *faults: dict[str, Any]) -> dict[str, Any]:
     """TTFT = 50 ms + 0.2 ms per prompt token (prompts of 0-1000 tokens), times the slowdown."""
     return {"seed": 1, "models": [{
         "name": "m", "prefill_base_s": 0.05 * slowdown, "prefill_per_token_s": 0.0002 * slowdown, "itl_s": 0.002,
         "itl_distribution": "fixed", "itl_stddev_s": 0.0, "batch_slowdown": 0.0,
         "output_tokens": {"distribution": "fixed", "value": 2},
-    }]}
+    }], "faults": list(faults)}
+
+
+# One request in twenty waits 600 ms before its first token: the median does not move, the tail does.
+TAIL_FAULT = {"kind": "stall", "stall_s": 0.6, "at_token": 0, "probability": 0.05}
 
 
 async def _traffic(urls: list[str], per_arm: int, concurrency: int = 16, deadline_s: float = 60.0) -> None:
@@ -840,12 +844,13 @@ PER_ARM = 400
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, spec_file: Path) -> Iterator[Cluster]:
-    """Baseline, a canary with TTFT 30% slower, and a canary identical to the baseline, scraped by Prometheus."""
+    """Baseline, a canary with TTFT 30% slower, a canary identical to the baseline and one whose tail is slow,
+    scraped by Prometheus."""
     if not prometheus_available():
         pytest.skip("no prometheus binary")
     tmp = tmp_path_factory.mktemp("e2e")
     sims = {"baseline": SimProcess(sim_config(1.0)), "canary": SimProcess(sim_config(1.3)),
-            "same": SimProcess(sim_config(1.0))}
+            "same": SimProcess(sim_config(1.0)), "tail": SimProcess(sim_config(1.0, TAIL_FAULT))}
     prom: PrometheusHandle | None = None
     gate: Gate | None = None
     try:
@@ -853,7 +858,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, spec_file: Path) -> Iterat
             sim.start()
         targets = {f"127.0.0.1:{sim.port}": {"deployment": name} for name, sim in sims.items()}
         prom = start_prometheus(tmp, list(targets), interval="1s", target_labels=targets)
-        prom.wait_for("count(up == 1) == 3")
+        prom.wait_for("count(up == 1) == 4")
         since = time.time() - 5
         asyncio.run(_traffic([s.url for s in sims.values()], PER_ARM))
         prom.wait_for(f"min(vllm:time_to_first_token_seconds_count) >= {PER_ARM}", timeout=20)
@@ -908,12 +913,34 @@ def test_end_to_end_slow_canary_fails_identical_does_not_and_stopped_prometheus_
                    **meta), timeout=30)
     assert r.status_code == 412  # not passed yet: the 30-minute window is open
 
+    _tail_canary_burns_the_budget_in_budget_terms(cluster, spec_file)
+
     cluster.prometheus.stop()
     run = canary_cli(*prom_flags, "--canary", "deployment=canary")
     assert run.returncode == 3, run.stdout + run.stderr
     verdict = json.loads(run.stdout)
     assert verdict["verdict"] == "inconclusive" and "Prometheus is unreachable" in verdict["reason"]
     _assert_every_gate_route_is_inconclusive(cluster.gate.url)
+
+
+def _tail_canary_burns_the_budget_in_budget_terms(cluster: Cluster, spec_file: Path) -> None:
+    """A canary whose typical request is as fast as the baseline's, but one request in twenty is 600 ms late
+    to its first token: against a TTFT SLO of 99% under 500 ms it burns the budget at about 5x, through its
+    tail alone, and the verdict says so in budget terms (from the real Prometheus' histogram buckets)."""
+    spec = spec_file.with_name("tail.yaml")
+    spec.write_text(SPEC.replace("threshold: 0.25", "threshold: 0.5"), encoding="utf-8")
+    run = canary_cli("--spec", str(spec), "--prometheus", cluster.prometheus.url, "--baseline", "deployment=baseline",
+                     "--canary", "deployment=tail", "--window", "3m", "--json")
+    assert run.returncode == 1, run.stdout + run.stderr
+    verdict = json.loads(run.stdout)
+    metrics = {m["name"]: m for m in verdict["metrics"]}
+    assert metrics["ttft.shift"]["status"] != "fail" and abs(metrics["ttft.shift"]["estimate"]) < 0.05
+    tail = metrics["ttft.tail"]
+    assert tail["status"] == "fail" and tail["cause"] == "budget", tail
+    canary_burn, baseline_burn = tail["budget"]["canary"]["burn_rate"], tail["budget"]["baseline"]["burn_rate"]
+    assert 3.0 < canary_burn < 8.0 and baseline_burn < canary_burn / 3  # a loaded machine delays a few baseline ones
+    assert re.search(r"ttft\.tail: canary burns ttft budget at \d\.\dx, baseline \d(\.\d+)?x, beyond burn factor 1 "
+                     r"\(requests over 500 ms: canary", verdict["reason"]), verdict["reason"]
 
 
 # ---------------------------------------------------------------------------------------------- fail closed
