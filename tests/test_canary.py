@@ -318,6 +318,14 @@ def test_bad_input_exits_2_with_a_reason(tmp_path: Path, spec_file: Path) -> Non
         (["--baseline-records", str(base), "--canary-records", str(tmp_path / "missing.jsonl")], "missing.jsonl"),
         (["--baseline-records", str(base), "--prometheus", "http://x"], "two different sources"),
         ([], "no source"),
+        (["--baseline-records", str(base), "--canary-records", str(base), "--burn-factor", "0"],
+         "--burn-factor: '0' must be a positive number"),
+        (["--baseline-records", str(base), "--canary-records", str(base), "--stage", " "],
+         "--stage: the stage name is empty"),
+        (["--prometheus", "http://127.0.0.1:1", "--baseline", "d=a", "--canary", "d=b", "--stage", "rate=2"],
+         "--stage picks a stage of load-test records; Prometheus has no stages"),
+        (["--baseline-records", str(base), "--canary-records", str(base), "--allow", "p99=10%"],
+         "--allow: 'p99' names no check; use a check kind (shift, tail, errors)"),
     ]
     for extra, message in cases:
         run = canary_cli("--spec", str(spec_file), *extra)
@@ -458,6 +466,11 @@ def test_sweep_records_are_judged_one_stage_at_a_time(tmp_path: Path, spec_file:
     run = canary_cli(*common, "--stage", "rate=9")
     assert run.returncode == 2 and (f"--baseline-records: {base} has no baseline records of stage 'rate=9' (its "
                                     "stages: 'rate=2', 'rate=24')") in run.stderr, run.stderr
+    low = write_records(tmp_path / "low.jsonl", 300, seed=3, stage="rate=2")
+    high = write_records(tmp_path / "high.jsonl", 300, seed=4, stage="rate=24")
+    run = canary_cli("--spec", str(spec_file), "--baseline-records", str(low), "--canary-records", str(high))
+    assert run.returncode == 2 and ("the arms' records come from different stages (baseline 'rate=2', canary "
+                                    "'rate=24')") in run.stderr, run.stderr
 
 
 def test_huge_records_files_are_refused_before_they_are_read(tmp_path: Path, spec_file: Path,

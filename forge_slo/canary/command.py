@@ -323,11 +323,10 @@ def _planned_looks(window: float, interval: float, what: str) -> int:
 
 @dataclass(frozen=True)
 class _Arm:
-    """One arm's records as read from its file: those kept (its arm, its stage), and every stage seen."""
+    """One arm's records as read from its file (its arm, its stage) and the stage they belong to."""
 
     records: list[RequestRecord]
-    stages: frozenset[str]
-    kept_stage: str | None
+    stage: str | None
 
 
 def _read_arm(path: str, arm: str, flag: str, stage: str | None) -> _Arm:
@@ -369,7 +368,7 @@ def _read_arm(path: str, arm: str, flag: str, stage: str | None) -> _Arm:
         raise UsageError(f"{flag}: {path} holds records of {len(stages)} stages ({_stage_list(stages)}); judging "
                          "them together would mix load levels: pick one with --stage NAME")
     kept_stage = stage if stage is not None else next(iter(stages), None)
-    return _Arm(kept, frozenset(stages), kept_stage or None)
+    return _Arm(kept, kept_stage or None)
 
 
 def _stage_list(stages: set[str]) -> str:
@@ -384,12 +383,12 @@ def _run_records(spec: ServiceSpec, config: JudgeConfig, args: argparse.Namespac
 
     base = _read_arm(args.baseline_records, "baseline", "--baseline-records", args.stage)
     can = _read_arm(args.canary_records, "canary", "--canary-records", args.stage)
-    if base.kept_stage != can.kept_stage:
+    if base.stage != can.stage:
         raise UsageError(f"--canary-records: the arms' records come from different stages (baseline "
-                         f"{base.kept_stage or '(none)'!r}, canary {can.kept_stage or '(none)'!r}); judge arms of "
-                         "one load level")
+                         f"{base.stage or '(none)'!r}, canary {can.stage or '(none)'!r}); judge arms of one load "
+                         "level")
     records = RecordsSource(base.records, can.records, (args.baseline_records, args.canary_records),
-                            stage=base.kept_stage)
+                            stage=base.stage)
     source: CanarySource = records
     if not records.arms["baseline"] or not records.arms["canary"]:
         empty = "--baseline-records" if not records.arms["baseline"] else "--canary-records"

@@ -192,7 +192,7 @@ def _count(check: PlannedCheck, slo: SLO, counts: tuple[float, float, float, flo
         canary_burn_upper=_opt(float(out.burn_upper)), threshold_seconds=threshold)
     method = (f"{what} counted: the canary's ratio against the error budget (an exact one-sided test of its "
               "binomial count) and against the baseline's (exact, conditionally on the bad events: which arm "
-              "each came from); alpha split evenly between the two")
+              "each came from), the two e-values averaged")
     if note:
         method += f"; {note}"
     status = _status(out)
