@@ -947,7 +947,8 @@ def _tail_canary_burns_the_budget_in_budget_terms(cluster: Cluster, spec_file: P
     assert run.returncode == 1, run.stdout + run.stderr
     verdict = json.loads(run.stdout)
     metrics = {m["name"]: m for m in verdict["metrics"]}
-    assert metrics["ttft.shift"]["status"] != "fail" and abs(metrics["ttft.shift"]["estimate"]) < 0.05
+    # the typical request is not shown slower (its estimate moves a little: the buckets are 100-250-500 ms)
+    assert metrics["ttft.shift"]["status"] != "fail" and abs(metrics["ttft.shift"]["estimate"]) < 0.15
     tail = metrics["ttft.tail"]
     assert tail["status"] == "fail" and tail["cause"] == "budget", tail
     canary_burn, baseline_burn = tail["budget"]["canary"]["burn_rate"], tail["budget"]["baseline"]["burn_rate"]
@@ -1083,7 +1084,7 @@ def test_nan_latency_buckets_or_request_counts_in_prometheus_are_inconclusive(
     assert run.returncode == 3, run.stdout + run.stderr
     verdict = json.loads(run.stdout)
     assert verdict["verdict"] == "inconclusive" and verdict["decision"] == "hold"
-    assert [m["status"] for m in verdict["metrics"]] == ["invalid"] * 3
+    assert [m["status"] for m in verdict["metrics"]] == ["invalid"] * 2
     assert all(message in m["explanation"] for m in verdict["metrics"]), verdict["metrics"][0]["explanation"]
 
 

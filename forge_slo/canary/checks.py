@@ -187,7 +187,8 @@ def count_check(baseline_bad: ArrayLike, baseline_total: ArrayLike, canary_bad: 
         combined = np.logaddexp(past_baseline, vs_baseline.evidence) - math.log(2.0)
         leaning = np.logaddexp(past_baseline, vs_baseline.lean_evidence) - math.log(2.0)
         shared = (burning - math.log(2.0) >= threshold) & (combined < threshold)
-        from_budget = past_baseline >= vs_baseline.evidence
+        # Told in budget terms when the budget's evidence alone reaches the level, or outweighs the other.
+        from_budget = (past_baseline >= threshold) | (past_baseline >= vs_baseline.evidence)
     else:
         combined, leaning = vs_baseline.evidence, vs_baseline.lean_evidence
         within_budget = np.ones(n_b.shape, dtype=bool)
