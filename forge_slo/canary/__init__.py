@@ -15,26 +15,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "check_config_names": "judge", "judge_source": "judge", "plan_checks": "judge",
+    "check_config_names": "judge", "hold_promotion": "judge", "judge_source": "judge", "plan_checks": "judge",
     "unavailable": "judge",
-    "CanaryVerdict": "model", "CheckResult": "model", "ErrorData": "model", "InvalidData": "model",
-    "JudgeConfig": "model",
-    "LatencyData": "model", "MissingData": "model", "PlannedCheck": "model", "Policy": "model",
-    "SkippedCheck": "model",
+    "BudgetView": "model", "CanaryVerdict": "model", "CheckResult": "model", "ErrorData": "model",
+    "InvalidData": "model", "JudgeConfig": "model", "LatencyData": "model", "MissingData": "model",
+    "PlannedCheck": "model", "Policy": "model", "SkippedCheck": "model",
     "SelectorError": "selectors", "format_selector": "selectors", "parse_selector": "selectors",
     "CanarySource": "sources", "PrometheusSource": "sources", "RecordsSource": "sources",
 }
 __all__ = [
-    "CanarySource", "CanaryVerdict", "CheckResult", "ErrorData", "InvalidData", "JudgeConfig", "LatencyData",
-    "MissingData",
-    "PlannedCheck", "Policy", "PrometheusSource", "RecordsSource", "SelectorError", "SkippedCheck",
-    "check_config_names", "format_selector", "judge_source", "parse_selector", "plan_checks",
-    "unavailable",
+    "BudgetView", "CanarySource", "CanaryVerdict", "CheckResult", "ErrorData", "InvalidData", "JudgeConfig",
+    "LatencyData", "MissingData", "PlannedCheck", "Policy", "PrometheusSource", "RecordsSource", "SelectorError",
+    "SkippedCheck", "check_config_names", "format_selector", "hold_promotion", "judge_source", "parse_selector",
+    "plan_checks", "unavailable",
 ]
 
 if TYPE_CHECKING:
-    from forge_slo.canary.judge import check_config_names, judge_source, plan_checks, unavailable
+    from forge_slo.canary.judge import check_config_names, hold_promotion, judge_source, plan_checks, unavailable
     from forge_slo.canary.model import (
+        BudgetView,
         CanaryVerdict,
         CheckResult,
         ErrorData,

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +26,12 @@ if TYPE_CHECKING:
     from forge_slo.spec.model import ServiceSpec
 
 CANARY_DESCRIPTION = (
-    "Compare a canary against its baseline on the SLIs of a spec: latency location (Hodges-Lehmann / "
-    "Mann-Whitney), p90 and p99, and error rates, with confidence sequences that stay valid however often "
-    "the canary is looked at. Reads Prometheus (histogram buckets and counters per arm) or load-test records. "
-    "Exit codes: 0 pass, 1 fail, 2 bad input, 3 inconclusive (too little data, or an unreachable source)."
+    "Judge a canary against its baseline and against the error budgets of a spec's SLOs: the typical latency "
+    "(Hodges-Lehmann / Mann-Whitney), the requests over each latency SLO's threshold and the failed requests "
+    "(counted: the canary's burn rate of the budget, and its rate against the baseline's), with tests that "
+    "stay valid however often the canary is looked at. Reads Prometheus (histogram buckets and counters per "
+    "arm) or load-test records. Exit codes: 0 pass, 1 fail, 2 bad input, 3 inconclusive (too little data, "
+    "real doubt, or an unreachable source)."
 )
 GATE_DESCRIPTION = (
     "Serve the canary judge over HTTP for Argo Rollouts' web metric provider (GET or POST /v1/argo: 200 with "
@@ -42,6 +45,11 @@ DEFAULT_INTERVAL_S = 60.0
 # Continuous mode judges once per look: a window that needs more looks than this is a mistake (a wrong
 # timestamp in the records, or a window of days at an interval of seconds), refused before the first look.
 MAX_LOOKS = 10_000
+# A records file is held in memory (about three times its size): larger files, or more records of one arm
+# and stage than this, are refused before they exhaust it (a canary at 100 requests/s for 30 minutes has
+# 180,000).
+MAX_RECORDS_FILE_BYTES = 1024 * 1024 * 1024
+MAX_RECORDS = 1_000_000
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -100,9 +108,13 @@ def add_judge_flags(parser: argparse.ArgumentParser) -> None:
                         "below this (default 75)")
     g.add_argument("--design-samples", type=_positive, default=1000.0, metavar="N",
                    help="sample size per arm at which the confidence sequences are tightest (default 1000)")
+    g.add_argument("--burn-factor", type=_positive, default=1.0, metavar="X",
+                   help="fail a canary that burns an SLO's error budget faster than X times the rate its "
+                        "objective allows, with confidence, unless the baseline burns as fast (default 1)")
     g.add_argument("--errors-floor", type=float, default=0.1, metavar="SHARE",
-                   help="an errors check fails only when the canary's error rate is above this share of the "
-                        "SLO's error budget too (default 0.1)")
+                   help="a canary worse than its baseline on failed requests or requests over a threshold "
+                        "fails only when its rate of them is above this share of the SLO's error budget too "
+                        "(default 0.1)")
 
 
 def judge_config_from_args(args: argparse.Namespace) -> JudgeConfig:
@@ -130,7 +142,8 @@ def judge_config_from_args(args: argparse.Namespace) -> JudgeConfig:
     if not 0 <= args.errors_floor <= 1:
         raise UsageError(f"--errors-floor: {args.errors_floor:g} must be between 0 and 1")
     return JudgeConfig(alpha=args.alpha, min_samples=args.min_samples, design_samples=args.design_samples,
-                       min_score=args.min_score, errors_floor=args.errors_floor, allowed=frozen(allowed),
+                       min_score=args.min_score, errors_floor=args.errors_floor, burn_factor=args.burn_factor,
+                       allowed=frozen(allowed),
                        advisory=frozenset(a.strip() for a in args.advisory), directions=frozen(directions))
 
 
@@ -185,6 +198,9 @@ def build_canary_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help="JSONL load-test records of the baseline (records whose arm is set and is not "
                           "'baseline' are left out)")
     src.add_argument("--canary-records", metavar="FILE", help="JSONL load-test records of the canary")
+    src.add_argument("--stage", metavar="NAME",
+                     help="judge the records of this sweep stage only (e.g. rate=2); needed when the records "
+                          "hold several stages")
     run = parser.add_argument_group("analysis")
     run.add_argument("--window", type=duration_flag(), metavar="DURATION",
                      help="analysis window: Prometheus reads the last WINDOW (default 30m); records keep the "
@@ -207,6 +223,8 @@ def canary_from_args(args: argparse.Namespace) -> int:
     check_config_names([spec], config)
     prom = args.prometheus is not None or args.baseline is not None or args.canary is not None
     records = args.baseline_records is not None or args.canary_records is not None
+    if prom and args.stage is not None:
+        raise UsageError("--stage picks a stage of load-test records; Prometheus has no stages")
     if prom and records:
         raise UsageError("--prometheus/--baseline/--canary and --baseline-records/--canary-records are two "
                          "different sources; use one")
@@ -232,6 +250,8 @@ def canary_from_args(args: argparse.Namespace) -> int:
                             ("--canary-records", args.canary_records)):
             if value is None:
                 raise UsageError(f"{flag} is required with a records source")
+        if args.stage is not None and not args.stage.strip():
+            raise UsageError("--stage: the stage name is empty")
         verdict = _run_records(spec, config, args, emit)
     _print_verdict(verdict, args.json)
     return verdict.exit_code
@@ -301,17 +321,59 @@ def _planned_looks(window: float, interval: float, what: str) -> int:
     return looks
 
 
-def _read_arm(path: str, arm: str, flag: str) -> tuple[list[RequestRecord], int]:
-    from forge_slo.sources.records import read_records
+@dataclass(frozen=True)
+class _Arm:
+    """One arm's records as read from its file (its arm, its stage) and the stage they belong to."""
+
+    records: list[RequestRecord]
+    stage: str | None
+
+
+def _read_arm(path: str, arm: str, flag: str, stage: str | None) -> _Arm:
+    """The records of ``arm`` (and of ``stage``, when given) in ``path``, streamed so that a file of other
+    arms or stages is never held whole; refuses empty, huge and mixed-stage files with a reason."""
+    from forge_slo.sources.records import iter_records_file
 
     try:
-        records = read_records(path)
+        size = Path(path).stat().st_size
+    except OSError as exc:
+        raise UsageError(f"{flag}: {path}: cannot read records: {exc.strerror or exc}") from None
+    if size > MAX_RECORDS_FILE_BYTES:
+        raise UsageError(f"{flag}: {path} is {size / 2**30:.1f} GiB; records files of at most "
+                         f"{MAX_RECORDS_FILE_BYTES / 2**30:g} GiB are judged (split it, e.g. one file per stage)")
+    kept: list[RequestRecord] = []
+    stages: set[str] = set()
+    read = 0
+    try:
+        for record in iter_records_file(path):
+            read += 1
+            if record.arm not in ("", arm):
+                continue
+            stages.add(record.stage)
+            if stage is not None and record.stage != stage:
+                continue
+            kept.append(record)
+            if len(kept) > MAX_RECORDS:
+                raise UsageError(f"{flag}: {path} holds more than {MAX_RECORDS} records of the {arm}"
+                                 f"{f' in stage {stage}' if stage is not None else ''}; at most {MAX_RECORDS} are "
+                                 "judged (pick a stage with --stage, or split the file)")
     except SourceError as exc:
         raise UsageError(f"{flag}: {exc}") from None
-    if not records:
+    if not read:
         raise UsageError(f"{flag}: {path} holds no records (an empty file?)")
-    kept = [r for r in records if r.arm in ("", arm)]
-    return kept, len(records) - len(kept)
+    if stage is not None and not kept:
+        raise UsageError(f"{flag}: {path} has no {arm} records of stage {stage!r} (its stages: "
+                         f"{_stage_list(stages)})")
+    if stage is None and len(stages) > 1:
+        raise UsageError(f"{flag}: {path} holds records of {len(stages)} stages ({_stage_list(stages)}); judging "
+                         "them together would mix load levels: pick one with --stage NAME")
+    kept_stage = stage if stage is not None else next(iter(stages), None)
+    return _Arm(kept, kept_stage or None)
+
+
+def _stage_list(stages: set[str]) -> str:
+    names = sorted(repr(s) if s else "(none)" for s in stages)
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def _run_records(spec: ServiceSpec, config: JudgeConfig, args: argparse.Namespace,
@@ -319,9 +381,14 @@ def _run_records(spec: ServiceSpec, config: JudgeConfig, args: argparse.Namespac
     from forge_slo.canary.judge import judge_source
     from forge_slo.canary.sources import RecordsSource
 
-    base, _ = _read_arm(args.baseline_records, "baseline", "--baseline-records")
-    can, _ = _read_arm(args.canary_records, "canary", "--canary-records")
-    records = RecordsSource(base, can, (args.baseline_records, args.canary_records))
+    base = _read_arm(args.baseline_records, "baseline", "--baseline-records", args.stage)
+    can = _read_arm(args.canary_records, "canary", "--canary-records", args.stage)
+    if base.stage != can.stage:
+        raise UsageError(f"--canary-records: the arms' records come from different stages (baseline "
+                         f"{base.stage or '(none)'!r}, canary {can.stage or '(none)'!r}); judge arms of one load "
+                         "level")
+    records = RecordsSource(base.records, can.records, (args.baseline_records, args.canary_records),
+                            stage=base.stage)
     source: CanarySource = records
     if not records.arms["baseline"] or not records.arms["canary"]:
         empty = "--baseline-records" if not records.arms["baseline"] else "--canary-records"

@@ -17,22 +17,25 @@ def frozen(items: Mapping[str, T] | None = None) -> Mapping[str, T]:
 
 Direction = Literal["increase", "decrease", "both"]
 DIRECTIONS: tuple[Direction, ...] = ("increase", "decrease", "both")
-CheckKind = Literal["shift", "p90", "p99", "errors"]
-CHECK_KINDS: tuple[CheckKind, ...] = ("shift", "p90", "p99", "errors")
-Status = Literal["fail", "pass", "undecided", "insufficient", "invalid"]
+CheckKind = Literal["shift", "tail", "errors"]
+CHECK_KINDS: tuple[CheckKind, ...] = ("shift", "tail", "errors")
+Status = Literal["fail", "pass", "undecided", "doubt", "insufficient", "invalid"]
+Cause = Literal["", "budget", "baseline", "shared"]
 VerdictName = Literal["pass", "fail", "inconclusive"]
 Decision = Literal["promote", "continue", "rollback", "hold"]
 
 # Exit codes of `forge-slo canary`.
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
-DEFAULT_ALLOWED: Mapping[str, float] = frozen({"shift": 0.05, "p90": 0.10, "p99": 0.10, "errors": 0.25})
+# The smallest relative change worth failing a canary for (its estimate must be beyond it, besides being worse
+# with confidence): 2% on the typical request, 25% on a rate of bad events.
+DEFAULT_ALLOWED: Mapping[str, float] = frozen({"shift": 0.02, "tail": 0.25, "errors": 0.25})
 
 
 @dataclass(frozen=True)
 class Policy:
-    """How one check judges: the allowed relative degradation, whether failing it fails the canary, which
-    way is worse (``increase``: a higher value is worse; ``both``: any change beyond ``allowed``)."""
+    """How one check judges: the allowed relative change (the smallest worth failing for), whether failing it
+    fails the canary, which way is worse (``increase``: a higher value is worse; ``both``: any change)."""
 
     allowed: float
     critical: bool = True
@@ -41,14 +44,17 @@ class Policy:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """Settings of the judge. Keys of ``allowed``, ``advisory`` and ``directions`` are a check kind (``p99``),
-    an SLO name (``ttft``) or both (``ttft.p99``); the most specific wins."""
+    """Settings of the judge. Keys of ``allowed``, ``advisory`` and ``directions`` are a check kind (``tail``),
+    an SLO name (``ttft``) or both (``ttft.tail``); the most specific wins. ``burn_factor``: the burn rate of
+    the error budget (bad-event ratio / (1 - objective)) beyond which a canary fails; ``errors_floor``: the
+    share of the budget below which a canary worse than its baseline on bad events is not failed."""
 
     alpha: float = 0.01
     min_samples: int = 100
     design_samples: float = 1000.0
     min_score: float = 75.0
     errors_floor: float = 0.1
+    burn_factor: float = 1.0
     allowed: Mapping[str, float] = field(default_factory=frozen)
     advisory: frozenset[str] = frozenset()
     directions: Mapping[str, Direction] = field(default_factory=frozen)
@@ -106,7 +112,7 @@ SloData = LatencyData | ErrorData | MissingData | InvalidData
 
 @dataclass(frozen=True)
 class PlannedCheck:
-    """A check the spec implies: ``ttft.p99`` compares the p99 of SLO ``ttft``'s latency."""
+    """A check the spec implies: ``ttft.tail`` counts the requests of SLO ``ttft`` over its threshold."""
 
     slo: str
     kind: CheckKind
@@ -124,9 +130,51 @@ class SkippedCheck:
 
 
 @dataclass(frozen=True)
+class BudgetView:
+    """A count check in error-budget terms (SRE workbook: burn rate = bad-event ratio / (1 - objective)).
+
+    ``what`` names the bad events ("failed requests", "requests over 500 ms"); burn rates are ``None`` where
+    undefined (no requests), ``canary_burn_lower``/``upper`` the ends of the canary's confidence sequence.
+    """
+
+    objective_percent: float
+    burn_factor: float
+    what: str
+    baseline_bad: float
+    baseline_total: float
+    canary_bad: float
+    canary_total: float
+    baseline_burn: float | None
+    canary_burn: float | None
+    canary_burn_lower: float | None
+    canary_burn_upper: float | None
+    threshold_seconds: float | None = None
+
+    @property
+    def allowed_ratio(self) -> float:
+        """The bad-event ratio the objective allows (the error budget)."""
+        return round(1.0 - self.objective_percent / 100.0, 12)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "objective_percent": self.objective_percent, "budget_ratio": _num(self.allowed_ratio),
+            "burn_factor": _num(self.burn_factor), "bad_events": self.what,
+            "threshold_seconds": _num(self.threshold_seconds),
+            "baseline": {"bad": _num(self.baseline_bad), "requests": _num(self.baseline_total),
+                         "burn_rate": _num(self.baseline_burn)},
+            "canary": {"bad": _num(self.canary_bad), "requests": _num(self.canary_total),
+                       "burn_rate": _num(self.canary_burn),
+                       "burn_rate_interval": [_num(self.canary_burn_lower), _num(self.canary_burn_upper)]},
+        }
+
+
+@dataclass(frozen=True)
 class CheckResult:
     """One check's outcome. ``estimate``, ``lower``, ``upper`` and ``allowed`` are relative changes of the
-    canary against the baseline (0.1 = 10% higher); ``None`` where unbounded or undefined."""
+    canary against the baseline (0.1 = 10% higher); ``None`` where unbounded or undefined. ``budget``: a
+    count check's view in error-budget terms; ``cause``: why it failed (``budget``: the canary burns the
+    error budget too fast; ``baseline``: worse than the baseline beyond the allowed change) or ``shared``
+    (both arms burn the budget: an incident that is not the canary's)."""
 
     name: str
     slo: str
@@ -145,9 +193,12 @@ class CheckResult:
     unit: str
     method: str
     explanation: str
+    budget: BudgetView | None = None
+    cause: Cause = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "budget": self.budget.to_json() if self.budget is not None else None, "cause": self.cause or None,
             "name": self.name, "slo": self.slo, "check": self.kind, "status": self.status,
             "critical": self.critical, "direction": self.direction, "allowed": _num(self.allowed),
             "estimate": _num(self.estimate), "interval": [_num(self.lower), _num(self.upper)],
@@ -174,6 +225,7 @@ class CanaryVerdict:
     source: str
     checks: tuple[CheckResult, ...] = ()
     skipped: tuple[SkippedCheck, ...] = ()
+    stage: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -185,7 +237,7 @@ class CanaryVerdict:
             "score": _num(self.score), "reason": self.reason, "complete": self.complete,
             "alpha": self.alpha, "alpha_per_check": _num(self.alpha_per_check),
             "elapsed_seconds": _num(self.elapsed_seconds), "window_seconds": _num(self.window_seconds),
-            "source": self.source,
+            "source": self.source, "stage": self.stage,
             "metrics": [c.to_json() for c in self.checks],
             "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped],
         }

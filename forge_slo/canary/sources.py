@@ -29,7 +29,10 @@ from forge_slo.spec.presets import QUANTITIES, Histogram
 ARMS = ("baseline", "canary")
 
 class CanarySource(Protocol):
-    """A source of both arms' data. ``collect`` raises SourceError when the source cannot be read."""
+    """A source of both arms' data. ``collect`` raises SourceError when the source cannot be read; ``stage``
+    names the load-test stage judged (None: not a staged source)."""
+
+    stage: str | None
 
     def describe(self) -> str: ...
 
@@ -40,6 +43,8 @@ class CanarySource(Protocol):
 
 class PrometheusSource:
     """Both arms from Prometheus: each arm's matchers are added to the spec's selector (and win on a clash)."""
+
+    stage: str | None = None
 
     def __init__(self, client: PrometheusClient, baseline: Mapping[str, str], canary: Mapping[str, str]) -> None:
         self.client = client
@@ -180,17 +185,19 @@ def _buckets(samples: Sequence[Sample], arm: str, query: str) -> dict[float, flo
 # ------------------------------------------------------------------------------------------------- records
 
 class RecordsSource:
-    """Both arms from per-request load-test records (warm-up records are left out).
+    """Both arms from per-request load-test records (warm-up records are left out). ``stage`` names the sweep
+    stage the records were picked from (the caller picks them), for the verdict to say which.
 
     A record whose start time is not finite raises SourceError (it could not be placed in any look); a
     latency that is not a finite number of seconds makes that SLO's checks invalid, naming the record.
     """
 
     def __init__(self, baseline: Sequence[RequestRecord], canary: Sequence[RequestRecord],
-                 names: tuple[str, str] = ("baseline records", "canary records")) -> None:
+                 names: tuple[str, str] = ("baseline records", "canary records"), stage: str | None = None) -> None:
         self.arms = {"baseline": [r for r in baseline if not r.warmup],
                      "canary": [r for r in canary if not r.warmup]}
         self.names = names
+        self.stage = stage
         for (arm, records), name in zip(self.arms.items(), names, strict=True):
             bad = next((r for r in records if not _is_seconds(r.start_time)), None)
             if bad is not None:
@@ -198,7 +205,8 @@ class RecordsSource:
                                   f"{bad.start_time!r}, not a time")
 
     def describe(self) -> str:
-        return (f"load-test records: {self.names[0]} ({len(self.arms['baseline'])} baseline requests), "
+        stage = f" of stage {self.stage}" if self.stage is not None else ""
+        return (f"load-test records{stage}: {self.names[0]} ({len(self.arms['baseline'])} baseline requests), "
                 f"{self.names[1]} ({len(self.arms['canary'])} canary requests)")
 
     def time_range(self) -> tuple[float, float]:
@@ -212,7 +220,7 @@ class RecordsSource:
         out: dict[str, SloData] = {}
         for slo in spec.slos:
             if isinstance(slo.sli, LatencySLI):
-                out[slo.name] = _record_latency(slo.sli.alias, arms)
+                out[slo.name] = _record_latency(slo.sli, arms)
             elif isinstance(slo.sli, AvailabilitySLI):
                 out[slo.name] = _record_errors(slo.sli, arms)
         return out
@@ -238,9 +246,11 @@ def _per_token(spec: ServiceSpec, histogram: Histogram) -> bool:
     return quantity is not None and quantity.per_token
 
 
-def _record_latency(alias: str, arms: Mapping[str, Sequence[RequestRecord]]) -> SloData:
+def _record_latency(sli: LatencySLI, arms: Mapping[str, Sequence[RequestRecord]]) -> SloData:
     """One arm's latencies from the record field that measures the alias's quantity; per-token values (ITL)
-    are weighted down to the number of requests, since the gaps of one request are not independent."""
+    are weighted down to the number of requests, since the gaps of one request are not independent. The SLO's
+    threshold is a bound of the grid, so the requests over it are counted exactly."""
+    alias = sli.alias
     quantity = QUANTITIES.get(alias)
     field = quantity.record_field if quantity is not None else None
     if quantity is None or field is None:
@@ -260,7 +270,7 @@ def _record_latency(alias: str, arms: Mapping[str, Sequence[RequestRecord]]) -> 
     both = np.concatenate([values["baseline"], values["canary"]])
     if both.size == 0:
         return MissingData(f"no successful requests with {field} in the records")
-    grid = stats.log_grid(both)
+    grid = np.union1d(stats.log_grid(both), [sli.threshold_seconds])
     counts = {arm: stats.bin_counts(grid, values[arm]) for arm in arms}
     note = "per-request values binned on a 0.1% log grid"
     if quantity.per_token:

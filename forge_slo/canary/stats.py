@@ -1,22 +1,25 @@
 """Anytime-valid statistics of the canary judge, vectorised with numpy over any leading axes.
 
-Three confidence sequences (CS), each valid simultaneously at every sample size, so the gate may be asked
-as often as anyone likes without inflating its error rates:
+Every decision is a test martingale (an e-process) held against ``1/alpha``: by Ville's inequality a
+nonnegative supermartingale ever reaches ``1/alpha`` with probability at most ``alpha`` under its null, so the
+gate may be asked as often as anyone likes without inflating its error rates. Two kinds:
 
 - **Location (Mann-Whitney / Hodges-Lehmann).** ``auc(ratio)`` is P(canary > ratio x baseline) + 1/2 P(tie)
   from two histograms that share bucket bounds (per-request data is binned on a fine log grid first). Its
-  tie-corrected null variance gives the Fisher information I; the statistic is held against a two-sided
-  normal-mixture boundary (Robbins; Howard et al. 2021), which a Brownian motion in information time
-  crosses with probability at most alpha. The Mann-Whitney process is asymptotically such a Brownian
-  motion, so the location CS is *asymptotically* anytime-valid (Waudby-Smith et al. 2021, "asymptotic
-  confidence sequences"). Inverting it in the ratio gives the Hodges-Lehmann shift with an interval.
-- **Quantiles (p90, p99).** For the true p-quantile q, the count of observations <= q is Binomial(n, p) for
-  continuous data. A beta-binomial mixture of likelihood ratios is a nonnegative martingale, so by Ville's
-  inequality the count stays inside ``binomial_count_cs`` at every n with probability >= 1 - alpha; turning
-  counts into order statistics (or bucket bounds, conservatively) gives a quantile CS (Howard & Ramdas
-  2022). Exact, not asymptotic.
-- **Rates (errors).** The same beta-binomial mixture martingale, inverted in the rate: an exact CS for a
-  Bernoulli rate that needs no errors to exist (zero errors give [0, about log(1/alpha)/n]).
+  tie-corrected null variance gives the Fisher information I; the standardised statistic is held against a
+  one-sided (half-normal) mixture of Gaussian likelihood ratios (Robbins; Howard et al. 2021), which a
+  Brownian motion in information time crosses with probability at most alpha. The Mann-Whitney process is
+  asymptotically such a Brownian motion, so the location test is *asymptotically* anytime-valid
+  (Waudby-Smith et al. 2021, "asymptotic confidence sequences"). Inverting it in the ratio gives the
+  Hodges-Lehmann shift with an interval.
+- **Counts (bad events: errors, requests over an SLO's threshold).** ``rate_log_evidence`` is a Beta mixture
+  of Bernoulli likelihood ratios against "the rate is at most p0" (or "at least p0"), the mixture truncated
+  to the alternative side. Each component is a supermartingale under every rate on the null side, so the
+  test is exact, not asymptotic. It judges one arm's bad-event ratio against what an objective allows (the
+  error budget times a burn factor), and, conditionally on the bad events so far, which arm each came from
+  (Bernoulli with share ``w psi / (w psi + 1 - w)``, w the canary's share of requests, psi the ratio of the
+  arms' rates): an exact test of two binomial (or Poisson) arms compared as counts, which needs no baseline
+  event to exist.
 
 Everything here is pure and deterministic; the judge (``judge.py``) and the benchmark call the same
 functions.
@@ -25,17 +28,31 @@ functions.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import betaln  # type: ignore[import-untyped,unused-ignore]
+from scipy.special import betainc, betaincc, betaln, log_ndtr  # type: ignore[import-untyped,unused-ignore]
 
 FloatArray = NDArray[np.float64]
 ArrayLike = Any
+Side = Literal["above", "below"]
 
 _BISECT_STEPS = 64
+_SHIFT_STEPS = 40  # bisection of a ratio in [1e-4, 1e4] to a relative 2e-11
+_TINY = 1e-15
 
+# Mixture priors of the count tests (each truncated to its alternative side). The share of bad events that
+# are the canary's: Beta(2, 1) above the null share (weight on a canary several times worse), Beta(1, 2)
+# below it. A bad-event ratio above a level: level_prior, whose weight lies on 1.3x-10x the SLO's level
+# whatever the objective; below a level: uniform.
+SHARE_ABOVE: tuple[float, float] = (2.0, 1.0)
+SHARE_BELOW: tuple[float, float] = (1.0, 2.0)
+UNIFORM: tuple[float, float] = (1.0, 1.0)
+_LEVEL_SPREAD = 3.0
+
+
+# ------------------------------------------------------------------------------------------------ location
 
 def _optimal_ratio(alpha: float) -> float:
     """r = v*/m minimising the normal-mixture boundary at v*: solves r - log(1 + r) = 2 log(1/alpha)."""
@@ -46,21 +63,39 @@ def _optimal_ratio(alpha: float) -> float:
     return r
 
 
-def mixture_boundary(info: ArrayLike, alpha: float, design_info: float) -> FloatArray:
-    """Two-sided normal-mixture boundary on |Z|, Z = statistic / standard error, at Fisher information ``info``.
+def location_log_evidence(z: ArrayLike, info: ArrayLike, alpha: float, design_info: float) -> FloatArray:
+    """log of the one-sided normal-mixture e-value of a standardised statistic ``z`` (large: evidence that it
+    is positive) at Fisher information ``info``.
 
-    For S(v) a Brownian motion in information time, P(exists v: |S(v)| >= b(v)) <= alpha with
-    b(v) = sqrt((v + m) (log(1 + v/m) + 2 log(1/alpha))); returns b(v) / sqrt(v). ``m`` is chosen so the
-    boundary is tightest at ``design_info``.
+    With S = z sqrt(v) a Brownian motion in information time v and a half-normal N(0, 1/m) mixture over
+    the drift, M(v) = 2 sqrt(m / (v + m)) exp(S^2 / (2 (v + m))) Phi(S / sqrt(v + m)) is a nonnegative
+    martingale under no drift (a supermartingale under a negative one). ``m`` is chosen so the test is
+    sharpest at ``design_info``.
     """
     v = np.asarray(info, dtype=np.float64)
+    zz = np.asarray(z, dtype=np.float64)
     m = design_info / _optimal_ratio(alpha)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.sqrt((v + m) / v * (np.log1p(v / m) + 2.0 * math.log(1.0 / alpha)))
-    return np.where(v > 0, z, np.inf)
+        scaled = zz * np.sqrt(v / (v + m))
+        result = math.log(2.0) + 0.5 * np.log(m / (v + m)) + 0.5 * scaled * scaled + log_ndtr(scaled)
+    out: FloatArray = np.where(v > 0, result, -np.inf)
+    return out
 
 
-# ------------------------------------------------------------------------------------------------ location
+def location_z_bound(info: ArrayLike, alpha: float, design_info: float) -> FloatArray:
+    """The z at which :func:`location_log_evidence` reaches log(1/alpha) (infinity without information)."""
+    v = np.asarray(info, dtype=np.float64)
+    threshold = math.log(1.0 / alpha)
+    lo = np.zeros_like(v)
+    hi = np.full_like(v, 64.0)
+    for _ in range(_BISECT_STEPS):
+        mid = (lo + hi) / 2.0
+        above = location_log_evidence(mid, v, alpha, design_info) >= threshold
+        hi = np.where(above, mid, hi)
+        lo = np.where(above, lo, mid)
+    result: FloatArray = np.where(v > 0, hi, np.inf)
+    return result
+
 
 def _lower_edges(bounds: FloatArray) -> FloatArray:
     """Lower edge of each bucket: 0 for the first (latencies are >= 0), else the previous bound."""
@@ -186,7 +221,7 @@ def shift_interval(bounds: FloatArray, baseline: FloatArray, canary: FloatArray,
         if f(hi_log) > 0:
             return math.inf
         a, b = lo_log, hi_log
-        for _ in range(_BISECT_STEPS):
+        for _ in range(_SHIFT_STEPS):
             mid = (a + b) / 2
             if f(mid) > 0:
                 a = mid
@@ -197,65 +232,7 @@ def shift_interval(bounds: FloatArray, baseline: FloatArray, canary: FloatArray,
     return solve(0.0), solve(z_bound * sd), solve(-z_bound * sd)
 
 
-# ----------------------------------------------------------------------------------------------- quantiles
-
-def _log_mixture(k: FloatArray, n: FloatArray, p: FloatArray, a: FloatArray, b: FloatArray) -> FloatArray:
-    """log of the beta-binomial mixture likelihood ratio against Bernoulli(p) after k successes in n."""
-    result: FloatArray = (betaln(a + k, b + n - k) - betaln(a, b) - k * np.log(p) - (n - k) * np.log1p(-p))
-    return result
-
-
-def binomial_count_cs(n: ArrayLike, p: float, alpha: float, design_n: float) -> tuple[FloatArray, FloatArray]:
-    """Open interval (k_lo, k_hi) that a Binomial(n, p) count stays inside at every n w.p. >= 1 - alpha.
-
-    The mixture is Beta(nu p, nu (1 - p)) with nu tuned to ``design_n``; -inf / +inf mean no constraint.
-    """
-    n_arr = np.asarray(n, dtype=np.float64)
-    nu = max(design_n / _optimal_ratio(alpha) - 1.0, 1.0)
-    a = np.full_like(n_arr, nu * p)
-    b = np.full_like(n_arr, nu * (1.0 - p))
-    pp = np.full_like(n_arr, p)
-    threshold = math.log(1.0 / alpha)
-    centre = n_arr * p
-    k_lo = np.full_like(n_arr, -np.inf)
-    k_hi = np.full_like(n_arr, np.inf)
-    zero = np.zeros_like(n_arr)
-    low_active = (n_arr > 0) & (_log_mixture(zero, n_arr, pp, a, b) >= threshold)
-    high_active = (n_arr > 0) & (_log_mixture(n_arr, n_arr, pp, a, b) >= threshold)
-    lo_a, lo_b = zero.copy(), centre.copy()      # logM(lo_a) >= thr > logM(lo_b)
-    hi_a, hi_b = centre.copy(), n_arr.copy()     # logM(hi_a) < thr <= logM(hi_b)
-    for _ in range(_BISECT_STEPS):
-        mid = (lo_a + lo_b) / 2
-        above = _log_mixture(mid, n_arr, pp, a, b) >= threshold
-        lo_a = np.where(above, mid, lo_a)
-        lo_b = np.where(above, lo_b, mid)
-        mid = (hi_a + hi_b) / 2
-        above = _log_mixture(mid, n_arr, pp, a, b) >= threshold
-        hi_b = np.where(above, mid, hi_b)
-        hi_a = np.where(above, hi_a, mid)
-    k_lo = np.where(low_active, lo_a, k_lo)
-    k_hi = np.where(high_active, hi_b, k_hi)
-    return k_lo, k_hi
-
-
-def quantile_cs(bounds: FloatArray, counts: FloatArray, p: float, alpha: float,
-                design_n: float) -> tuple[FloatArray, FloatArray]:
-    """Confidence sequence [lower, upper] for the p-quantile from bucket counts (last bound +Inf).
-
-    On the event that the count below the true quantile stays in ``binomial_count_cs``: a bound b whose
-    cumulative count is <= k_lo lies below the quantile, and one whose count is >= k_hi lies at or above it.
-    Lower is 0 (the first lower edge) and upper +Inf when nothing can be said yet.
-    """
-    bounds = np.asarray(bounds, dtype=np.float64)
-    cum = np.cumsum(np.asarray(counts, dtype=np.float64), axis=-1)
-    n = cum[..., -1]
-    k_lo, k_hi = binomial_count_cs(n, p, alpha, design_n)
-    below = (cum <= k_lo[..., None]).sum(-1)
-    lower = np.where(below > 0, bounds[np.clip(below - 1, 0, None)], _lower_edges(bounds)[0])
-    not_above = (cum < k_hi[..., None]).sum(-1)
-    upper = np.where(not_above < bounds.shape[0], bounds[np.clip(not_above, 0, bounds.shape[0] - 1)], np.inf)
-    return lower.astype(np.float64), upper.astype(np.float64)
-
+# ---------------------------------------------------------------------------------------------- quantiles
 
 def quantile_estimate(bounds: FloatArray, counts: FloatArray, p: float) -> FloatArray:
     """The p-quantile interpolated linearly inside its bucket, as Prometheus' histogram_quantile does."""
@@ -277,46 +254,98 @@ def quantile_estimate(bounds: FloatArray, counts: FloatArray, p: float) -> Float
     return result
 
 
-# --------------------------------------------------------------------------------------------------- rates
+# -------------------------------------------------------------------------------------------------- counts
 
-def rate_cs(errors: ArrayLike, n: ArrayLike, alpha: float, prior: tuple[float, float] = (0.5, 0.5)
-            ) -> tuple[FloatArray, FloatArray]:
-    """Confidence sequence [lower, upper] for a Bernoulli rate after ``errors`` in ``n`` (any n, anytime).
+def level_prior(anchor: ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """A prior for a bad-event ratio above a level near ``anchor``: Beta(1, b) with mean about 3 x anchor."""
+    level = np.clip(np.asarray(anchor, dtype=np.float64), _TINY, 1.0 - _TINY)
+    b = np.maximum(1.0 / (_LEVEL_SPREAD * level) - 1.0, 1.0)
+    return np.ones_like(b), b
 
-    {theta : beta-binomial mixture likelihood ratio < 1/alpha}, prior Beta(a, b). No data gives [0, 1].
+
+Prior = tuple[ArrayLike, ArrayLike]
+
+
+def rate_log_evidence(events: ArrayLike, trials: ArrayLike, p0: ArrayLike, side: Side, prior: Prior
+                      ) -> FloatArray:
+    """log of the e-value against "the Bernoulli rate is at most ``p0``" (side ``above``) or "at least ``p0``"
+    (``below``) after ``events`` in ``trials``.
+
+    The e-value is a Beta(a, b) mixture of likelihood ratios L(p) / L(p0), the prior truncated to the
+    alternative side of p0, in closed form with regularised incomplete beta functions. Each ratio with p on
+    the alternative side is a supermartingale under every rate on the null side, hence so is the mixture.
+    Counts may be fractional (per-token observations scaled to requests); no trials give 0 (no evidence).
     """
-    s = np.asarray(errors, dtype=np.float64)
-    n_arr = np.asarray(n, dtype=np.float64)
-    s, n_arr = np.broadcast_arrays(s, n_arr)
-    s = np.clip(s, 0.0, n_arr)
-    a, b = prior
+    k = np.asarray(events, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    level = np.asarray(p0, dtype=np.float64)
+    a = np.asarray(prior[0], dtype=np.float64)
+    b = np.asarray(prior[1], dtype=np.float64)
+    k, n, level, a, b = np.broadcast_arrays(k, n, level, a, b)
+    k = np.clip(k, 0.0, n)
+    level = np.clip(level, _TINY, 1.0 - _TINY)
+    tail = betaincc if side == "above" else betainc
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        posterior = betaln(a + k, b + n - k) + np.log(tail(a + k, b + n - k, level))
+        prior_mass = betaln(a, b) + np.log(tail(a, b, level))
+        result = posterior - prior_mass - k * np.log(level) - (n - k) * np.log1p(-level)
+        result = np.where(np.isfinite(prior_mass), result, -np.inf)  # no alternative left: no evidence
+    out: FloatArray = np.where(n > 0, np.nan_to_num(result, nan=-np.inf, posinf=np.inf), 0.0)
+    return out
+
+
+def rate_bound(events: ArrayLike, trials: ArrayLike, alpha: float, side: Side, prior: Prior) -> FloatArray:
+    """The end of a confidence sequence for a Bernoulli rate: with ``above``, the largest p0 that the data
+    show the rate to be above (0 when none); with ``below``, the smallest p0 they show it below (1 when none).
+
+    The inverse of :func:`rate_log_evidence` at ``alpha`` with one fixed ``prior``, found by bisection (the
+    evidence falls as p0 moves towards the data).
+    """
+    k = np.asarray(events, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    k, n = np.broadcast_arrays(k, n)
     threshold = math.log(1.0 / alpha)
-    base = betaln(a + s, b + n_arr - s) - betaln(a, b)
-
-    def log_m(theta: FloatArray) -> FloatArray:
-        result: FloatArray = base - s * np.log(theta) - (n_arr - s) * np.log1p(-theta)
-        return result
-
     with np.errstate(divide="ignore", invalid="ignore"):
-        centre = np.clip(np.where(n_arr > 0, s / np.where(n_arr > 0, n_arr, 1.0), 0.5), 1e-15, 1 - 1e-15)
-    tiny = np.full_like(centre, 1e-15)
-    # lower end: bisection in log(theta) on [1e-15, centre]
-    la, lb = np.log(tiny), np.log(centre)
-    hi_a, hi_b = centre.copy(), np.full_like(centre, 1 - 1e-15)
+        centre = np.clip(np.where(n > 0, k / np.where(n > 0, n, 1.0), 0.5), _TINY, 1.0 - _TINY)
+    if side == "above":
+        # in log p0 between 1e-15 and the observed ratio: evidence at the low end, none at the centre
+        lo, hi = np.full_like(centre, math.log(_TINY)), np.log(centre)
+        for _ in range(_BISECT_STEPS):
+            mid = (lo + hi) / 2.0
+            shown = rate_log_evidence(k, n, np.exp(mid), "above", prior) >= threshold
+            lo = np.where(shown, mid, lo)
+            hi = np.where(shown, hi, mid)
+        some = rate_log_evidence(k, n, _TINY, "above", prior) >= threshold
+        result: FloatArray = np.where(some & (n > 0), np.exp(lo), 0.0)
+        return result
+    lo, hi = centre.copy(), np.full_like(centre, 1.0 - _TINY)
     for _ in range(_BISECT_STEPS):
-        mid = (la + lb) / 2
-        above = log_m(np.exp(mid)) >= threshold
-        la = np.where(above, mid, la)
-        lb = np.where(above, lb, mid)
-        mid2 = (hi_a + hi_b) / 2
-        above2 = log_m(mid2) >= threshold
-        hi_b = np.where(above2, mid2, hi_b)
-        hi_a = np.where(above2, hi_a, mid2)
-    lower = np.where((s > 0) & (log_m(tiny) >= threshold), np.exp(lb), 0.0)
-    upper = np.where((s < n_arr) & (log_m(np.full_like(centre, 1 - 1e-15)) >= threshold), hi_b, 1.0)
-    lower = np.where(n_arr > 0, lower, 0.0)
-    upper = np.where(n_arr > 0, upper, 1.0)
-    return lower.astype(np.float64), upper.astype(np.float64)
+        mid = (lo + hi) / 2.0
+        shown = rate_log_evidence(k, n, mid, "below", prior) >= threshold
+        hi = np.where(shown, mid, hi)
+        lo = np.where(shown, lo, mid)
+    some = rate_log_evidence(k, n, 1.0 - _TINY, "below", prior) >= threshold
+    upper: FloatArray = np.where(some & (n > 0), hi, 1.0)
+    return upper
+
+
+def canary_share(ratio: ArrayLike, canary_weight: ArrayLike) -> FloatArray:
+    """The chance that a bad event is the canary's when its rate is ``ratio`` x the baseline's and it gets the
+    share ``canary_weight`` of requests: w psi / (w psi + 1 - w)."""
+    psi = np.asarray(ratio, dtype=np.float64)
+    w = np.asarray(canary_weight, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        result: FloatArray = np.where(np.isinf(psi), 1.0, w * psi / (w * psi + 1.0 - w))
+    return result
+
+
+def rate_ratio(share: ArrayLike, canary_weight: ArrayLike) -> FloatArray:
+    """The inverse of :func:`canary_share`: psi from the canary's share of bad events (infinity at 1)."""
+    pi = np.asarray(share, dtype=np.float64)
+    w = np.asarray(canary_weight, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result: FloatArray = np.where(pi >= 1.0, np.inf, pi / np.where(pi < 1.0, 1.0 - pi, 1.0) * (1.0 - w) / w)
+    return result
 
 
 # --------------------------------------------------------------------------------------------------- grids

@@ -53,7 +53,7 @@ def checks_of(spec: ServiceSpec) -> list[str]:
     names: list[str] = []
     for slo in spec.slos:
         if isinstance(slo.sli, LatencySLI):
-            names.extend(f"{slo.name}.{kind}" for kind in ("shift", "p90", "p99"))
+            names.extend(f"{slo.name}.{kind}" for kind in ("shift", "tail"))
         elif isinstance(slo.sli, AvailabilitySLI):
             names.append(f"{slo.name}.errors")
     return names

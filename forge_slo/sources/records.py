@@ -254,6 +254,21 @@ def read_records(path: str | Path) -> list[RequestRecord]:
             raise SourceError(f"{path}: cannot read records: {exc.strerror or exc}") from None
 
 
+def iter_records_file(path: str | Path) -> Iterator[RequestRecord]:
+    """The records of a JSONL file one at a time, checked as :func:`read_records` checks them, for readers
+    that keep only some of them."""
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read records: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            yield from iter_records(_bounded_lines(handle, str(path)), str(path))
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read records: {exc.strerror or exc}") from None
+
+
 def _bounded_lines(handle: BinaryIO, name: str) -> Iterator[bytes]:
     """The lines of a binary file, refusing one longer than MAX_LINE_BYTES before reading all of it."""
     number = 0
