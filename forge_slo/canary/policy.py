@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from forge_slo import conventions as cv
 from forge_slo import promql
+from forge_slo.canary.judge import hold_promotion
 from forge_slo.canary.model import CanaryVerdict
 from forge_slo.durations import format_duration
 from forge_slo.errors import SourceError
@@ -98,6 +99,5 @@ def enforce(spec: ServiceSpec, client: PrometheusClient, verdict: CanaryVerdict,
               f"{state.reason}", file=sys.stderr, flush=True)
         return replace(verdict, reason=f"budget policy overridden ({override}): {state.reason}. "
                                        f"The judge: {verdict.reason}")
-    return replace(verdict, verdict="inconclusive", decision="hold",
-                   reason=f"{state.reason}; promotion refused (send {OVERRIDE_FIELD} with who and why to "
-                          f"override). The judge alone: {verdict.verdict}: {verdict.reason}")
+    return hold_promotion(verdict, [f"{state.reason}; promotion refused (send {OVERRIDE_FIELD} with who and "
+                                    "why to override)"])
