@@ -170,3 +170,26 @@ def test_jittery_tpot_gets_the_same_verdict_from_the_load_test_and_the_rules(sta
         server_met = server_bad_ratio(stack, preset, name) <= budget
         assert client[name]["met"] == server_met, (name, client[name], server_bad_ratio(stack, preset, name))
     assert client["tpot"]["met"] and not client["itl"]["met"], client
+
+
+@pytest.mark.parametrize("preset", SIM_PRESETS)
+def test_the_canary_judge_estimates_the_same_share(stack: Stack, preset: str) -> None:
+    """The canary judge reads the same records (as both arms) and estimates each SLO's share of bad events in
+    budget terms: the same figure the client and the server's rules give."""
+    run = stack.runs[preset]
+    records = str(run.out / "records.jsonl")
+    proc = subprocess.run([sys.executable, "-m", "forge_slo.canary", "--spec", str(run.spec), "--baseline-records",
+                           records, "--canary-records", records, "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode in (0, 1, 3) and "Traceback" not in proc.stderr, proc.stderr
+    budgets = {m["name"].split(".")[0]: m["budget"] for m in json.loads(proc.stdout)["metrics"] if m.get("budget")}
+    client = client_slos(run)
+    assert set(budgets) == set(client), (budgets.keys(), client.keys())
+    figures = []
+    for name, budget in budgets.items():
+        canary_bad = budget["canary"]["bad"] / budget["canary"]["requests"]
+        client_bad = 1 - client[name]["attainment_percent"] / 100
+        server_bad = server_bad_ratio(stack, preset, name)
+        figures.append((name, round(canary_bad, 4), round(client_bad, 4), round(server_bad, 4)))
+        assert abs(canary_bad - client_bad) <= TOLERANCE[name], figures
+        assert abs(canary_bad - server_bad) <= TOLERANCE[name], figures

@@ -87,6 +87,9 @@ _TOKENS_FROM = ("usage", "stream")
 
 # HTTP statuses a server answers when it sheds load (too many requests, queue full / unavailable).
 SHED_STATUSES = frozenset({429, 503})
+# 4xx statuses that report the server's own failure, not the client's: TGI answers a failed generation with
+# 424 Failed Dependency (router/src/server.rs, InferError::GenerationError).
+SERVER_FAILURE_4XX = frozenset({424})
 
 
 def outcome_of(record: RequestRecord) -> str:
@@ -97,7 +100,7 @@ def outcome_of(record: RequestRecord) -> str:
         return "served"
     if record.status in SHED_STATUSES:
         return "shed"
-    if record.status is not None and 400 <= record.status < 500:
+    if record.status is not None and 400 <= record.status < 500 and record.status not in SERVER_FAILURE_4XX:
         return "client_error"
     return "server_error"
 
