@@ -393,11 +393,13 @@ def _cli_arguments(g: Any) -> None:
 
 
 def options_from_namespace(ns: argparse.Namespace | Mapping[str, Any], *, host: str | None = None,
-                           default_users: int | None = None, require_out: bool = False) -> LoadOptions:
+                           default_users: int | None = None, require_out: bool = False,
+                           locust: bool = False) -> LoadOptions:
     """Check the flags and build the options, once, at the edge; raises UsageError naming the flag.
 
     ``ns`` is what a parser made of :func:`add_load_arguments` (durations already in seconds), or a mapping
-    of flag names to their text.
+    of flag names to their text. With ``locust``, the namespace is Locust's: its ``--master``, ``--workers``
+    and ``--expect-workers`` are Locust's own, not forge-slo's.
     """
     get = (ns.get if isinstance(ns, Mapping) else lambda k, d=None: getattr(ns, k, d))
     target, endpoint, api = _where(get, host)
@@ -434,10 +436,10 @@ def options_from_namespace(ns: argparse.Namespace | Mapping[str, Any], *, host: 
         progress=_choice("--progress", get("progress") or DEFAULTS["progress"], PROGRESS_MODES),
         max_line_bytes=_size("--max-line-size", get("max_line_size") or DEFAULTS["max_line_size"]),
         max_response_bytes=_size("--max-response-size", get("max_response_size") or DEFAULTS["max_response_size"]),
-        workers=_workers(get("workers")), check=bool(get("check", True)),
+        workers=0 if locust else _workers(get("workers")), check=bool(get("check", True)),
         server_metrics=_server_metrics(get("server_metrics")), prometheus_url=_url("--prometheus", get("prometheus")),
         prometheus_selector=str(get("prometheus_selector") or ""), server_preset=get("server_preset") or None,
-        **_master(get),
+        **({} if locust else _master(get)),
     )
 
 
