@@ -46,6 +46,7 @@ def _model(name: str, **kw: Any) -> dict[str, Any]:
 
 
 # "narrow" serves 2 at a time, 0.03 + 9 x 0.01 = 0.12 s each: about 16 requests/s; more wait in its queue.
+TOKENS = 10
 SIM_CONFIG = {"seed": 7, "models": [_model("fast"), _model("narrow", max_num_seqs=2)]}
 
 
@@ -63,6 +64,8 @@ def spec_file(tmp_path: Path) -> Path:
 
 
 def forge_load(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    if args[:1] not in (["manifests"], ["compare"]):
+        args = ("--output-tokens", str(TOKENS), *args)
     return subprocess.run([sys.executable, "-m", "forge_slo.load", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -218,6 +221,7 @@ def test_workers_started_elsewhere_join_one_run(sim: SimProcess, tmp_path: Path)
     port = free_port()
     master = subprocess.Popen(
         [sys.executable, "-m", "forge_slo.load", "--target", sim.url, "--model", "fast", "--rate", "20",
+         "--output-tokens", str(TOKENS),
          "--arrival", "constant", "--duration", "3s", "--master", "--expect-workers", "2", "--master-bind-port",
          str(port), "--out", str(out), "--progress", "off"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
@@ -227,7 +231,8 @@ def test_workers_started_elsewhere_join_one_run(sim: SimProcess, tmp_path: Path)
                for _ in range(2)]
     try:
         stdout, stderr = master.communicate(timeout=90)
-        codes = [w.wait(timeout=30) for w in workers]  # the master's end ends its workers
+        logs = [w.communicate(timeout=30)[0] for w in workers]  # the master's end ends its workers
+        codes = [w.returncode for w in workers]
     finally:
         for proc in (master, *workers):
             if proc.poll() is None:
@@ -235,7 +240,7 @@ def test_workers_started_elsewhere_join_one_run(sim: SimProcess, tmp_path: Path)
                 proc.wait(10)
     assert master.returncode == 0, stdout + stderr
     assert "waiting for 2 worker(s)" in stdout and "2 worker(s) connected" in stdout
-    assert codes == [0, 0]
+    assert codes == [0, 0], logs
     records = read_records(out / "records.jsonl")
     assert Counter(r.extra.get("worker") for r in records).keys() == {0, 1}
     s = summary_of(out)
