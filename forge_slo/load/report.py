@@ -26,7 +26,7 @@ METRICS = (("ttft_s", "TTFT", "ttft"), ("tpot_s", "TPOT", "tpot"), ("itl_s", "IT
            ("e2e_s", "e2e latency", "e2e"))
 MAX_CDF_POINTS = 300
 MAX_SCATTER_POINTS = 4000
-LOG_SPAN = 30.0          # a latency axis whose values span this factor or more is logarithmic
+LOG_SPAN = 10.0          # a latency axis whose values span this factor or more is logarithmic
 SERVER_WINDOW_S = 5.0    # the server's TTFT quantiles over time are taken over windows this long
 VERDICT_COLORS = {"held": "#1e7e34", "missed": "#c0392b"}
 
@@ -82,30 +82,34 @@ def _cdf_chart(summary: dict[str, Any], by_stage: dict[str, list[RequestRecord]]
     """Cumulative distributions of one latency, a line per stage (``dashed``: names drawn dashed)."""
     series = []
     hi = 0.0
-    lo = math.inf
+    lo = low = mid = math.inf
     for name in by_stage:
         values = np.sort(_values(by_stage[name], key))
         if values.size:
             series.append((name, values))
             hi = max(hi, float(np.percentile(values, 99.5)))
             lo = min(lo, float(values[0]))
+            low = min(low, float(np.percentile(values, 5)))
+            mid = min(mid, float(np.percentile(values, 50)))
     thresholds = _thresholds(summary, metric)
     if not series:
         return ""
     for thr, _ in thresholds:
         if thr <= 3 * hi:  # a far-away threshold is named in the legend instead of squashing the curves
             hi = max(hi, thr * 1.05)
-            lo = min(lo, thr)
-    log = lo > 0 and hi / lo >= LOG_SPAN
+            lo, low, mid = min(lo, thr), min(low, thr), min(mid, thr)
+    # Logarithmic when the stages' curves lie decades apart (the fastest stage's median far below the slowest
+    # stage's tail); a few near-zero values (tokens read together) do not decide it, nor set its start.
+    log = mid > 0 and low > 0 and hi / mid >= LOG_SPAN
     if log:
-        x_range = (lo * 1000 * 0.9, hi * 1000 * 1.1)
+        x_range = (low * 1000 * 0.8, hi * 1000 * 1.1)
     else:
         margin = (hi - lo) * 0.05
         lo = max(0.0, lo - margin) if lo > 2 * margin else 0.0
         x_range = (lo * 1000, (hi + margin) * 1000 or 1.0)
     chart = Chart(f"{title}: cumulative distribution", f"{title} (ms{', log scale' if log else ''})",
                   "share of requests (%)" if key != "itl_s" else "share of gaps (%)", x_range, (0.0, 100.0),
-                  log_x=log)
+                  log_x=log, legend_corner="bottom-right")
     colors: dict[str, str] = {}
     for name, values in series:
         base = name.split(" ")[-1] if dashed else name
@@ -220,10 +224,11 @@ def latency_against_throughput(runs: list[tuple[str, dict[str, Any], list[dict[s
                   f"{title} (ms)", (0.0, x_hi), (0.0, hi or 1.0), width=560, height=320)
     for r, (label, _, stages) in enumerate(runs):
         for q, color in (("p50", PALETTE[0]), ("p99", PALETTE[1])):
+            # In the order of the load offered: past the capacity, served throughput falls back.
             pts = [(s["requests_per_s"], s["latency"][key][q] * 1000) for s in stages
                    if s["latency"][key][q] is not None]
             name = f"{label} {q}".strip()
-            chart.line(sorted(pts), color if r == 0 else PALETTE[2 + (q == "p99")], name, markers=True,
+            chart.line(pts, color if r == 0 else PALETTE[2 + (q == "p99")], name, markers=True,
                        dash="6,3" if r else "")
         for s in stages:
             v = s["latency"][key]["p99"]
@@ -397,8 +402,9 @@ def _server_charts(summary: dict[str, Any], records: Sequence[RequestRecord], sa
         if not lines:
             continue
         y_hi = max(max(v for _, v in pts) for _, pts in lines) * 1.15 or 1.0
-        chart = Chart(title, "seconds since start", unit, (0.0, end), (0.0, 100.0 if scale == 100.0 else y_hi),
-                      band_rows=_band_rows(summary))
+        if scale == 100.0:  # a share: up to 100%, or up to a little above the highest when it stays low
+            y_hi = min(100.0, max(y_hi * 1.3, 1.0))
+        chart = Chart(title, "seconds since start", unit, (0.0, end), (0.0, y_hi), band_rows=_band_rows(summary))
         for i, (k, pts) in enumerate(lines):
             chart.line(pts, PALETTE[i + 3], k.replace("_", " "))
         _stage_marks(chart, summary, t0)

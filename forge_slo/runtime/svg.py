@@ -63,7 +63,7 @@ class Chart:
 
     def __init__(self, title: str, x_label: str, y_label: str, x_range: tuple[float, float],
                  y_range: tuple[float, float], width: int = 560, height: int = 300, *, log_x: bool = False,
-                 band_rows: int = 0) -> None:
+                 band_rows: int = 0, legend_corner: str = "top-left") -> None:
         self.title = title
         self.x_label = x_label
         self.y_label = y_label
@@ -75,6 +75,7 @@ class Chart:
         self.width = width
         self.height = height
         self.band_rows = band_rows
+        self.legend_corner = legend_corner   # "top-left", or "bottom-right" (clear of rising curves)
         self.left, self.right, self.top, self.bottom = 62, 16, 28 + 12 * band_rows, 44
         self.parts: list[str] = []
         self.legend: list[tuple[str, str, bool]] = []
@@ -198,9 +199,15 @@ class Chart:
                    f'text-anchor="middle">{escape(self.x_label)}</text>')
         out.append(f'<text transform="translate(13,{(self.top + h - self.bottom) / 2:.0f}) rotate(-90)" '
                    f'font-size="11" text-anchor="middle">{escape(self.y_label)}</text>')
-        for i, (label, color, dashed) in enumerate(self.legend[:10]):
-            y = self.top + 8 + i * 14
-            x = self.left + 8
+        shown = self.legend[:10]
+        wide = max((len(label) for label, _, _ in shown), default=0) * 5.6 + 24
+        for i, (label, color, dashed) in enumerate(shown):
+            if self.legend_corner == "bottom-right":
+                y = self.height - self.bottom - 10 - (len(shown) - 1 - i) * 14
+                x = round(self.width - self.right - 8 - wide)
+            else:
+                y = self.top + 8 + i * 14
+                x = self.left + 8
             dash = ' stroke-dasharray="4,3"' if dashed else ""
             out.append(f'<line x1="{x}" x2="{x + 16}" y1="{y}" y2="{y}" stroke="{color}" stroke-width="2.5"{dash}/>')
             out.append(f'<text x="{x + 20}" y="{y + 4}" font-size="10">{escape(label)}</text>')
