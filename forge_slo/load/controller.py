@@ -329,6 +329,7 @@ class Controller:
         if meta is not None:
             left = max(0.0, float(meta["started_at"]) + self.options.duration_s - time.time())
             view["stage_left_s"] = left
+            view["stage_sending"] = meta.get("ended_at") is None
             if planned is not None:
                 view["run_left_s"] = left + max(0, len(planned) - len(self.stages)) * self.options.duration_s
         return view

@@ -38,7 +38,10 @@ def where(view: dict[str, Any]) -> str:
     left = view.get("stage_left_s")
     text = f"{which} {view['stage']}"
     if left is not None:
-        text += f", {_secs(left)} left" if left > 0 else ", draining"
+        if left > 0:
+            text += f", {_secs(left)} left"
+        else:  # a search stage sends on while its verdict is not yet sure; then every stage drains
+            text += ", sending on until sure" if view.get("stage_sending") else ", draining"
     if view.get("run_left_s") is not None and total and number < total:
         text += f" (run {_secs(view['run_left_s'])})"
     return text
