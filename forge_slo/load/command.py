@@ -11,32 +11,55 @@ import argparse
 from forge_slo.durations import duration_flag
 from forge_slo.errors import UsageError
 from forge_slo.load.demo import DEMO_DEFAULT_DURATION, DEMO_DEFAULT_RATE, run_demo
-from forge_slo.load.launch import run_load
+from forge_slo.load.launch import run_load, run_worker
 from forge_slo.load.options import PROGRESS_MODES, add_load_arguments, options_from_namespace, positive_number
 
 DESCRIPTION = (
-    "Load-test an OpenAI-compatible server with Locust: streaming chat or text completions, open-loop arrivals "
-    "(--rate, Poisson by default) or closed-loop streams (--concurrency), or a sweep of either. Every request's "
+    "Load-test an OpenAI-compatible server with Locust: streaming chat or text completions (or embeddings), "
+    "open-loop arrivals (--rate, Poisson by default) or closed-loop streams (--concurrency), a sweep of either, "
+    "or a search for the highest load at which every SLO of --spec holds (--find-max). Every request's "
     "TTFT, TPOT, inter-token gaps and end-to-end latency go to DIR/records.jsonl; DIR/summary.json and "
-    "DIR/report.html hold per-stage percentiles, errors by kind, SLO attainment against --spec and goodput."
+    "DIR/report.html hold per-stage percentiles, errors by kind, SLO attainment against --spec, goodput and the "
+    "server's own metrics. Subcommands: 'compare RUN_A RUN_B' (two runs side by side) and 'manifests' "
+    "(Kubernetes manifests of a master and a set of workers for a run)."
 )
 EPILOG = ("exit codes: 0 every SLO of the spec held (or no spec), 1 an SLO was missed or the run failed, "
           "2 bad input (flags, spec, dataset), 130 interrupted (the summary covers what ran).")
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add every ``forge-slo load`` flag to ``parser``."""
+    """Add every ``forge-slo load`` flag to ``parser``, and its subcommands (``compare``, ``manifests``)."""
     add_load_arguments(parser)
     if parser.description is None:
         parser.description = DESCRIPTION
     if parser.epilog is None:
         parser.epilog = EPILOG
+    sub = parser.add_subparsers(dest="load_command", metavar="{compare,manifests}")
+    from forge_slo.load.compare import build_compare_parser
+    from forge_slo.load.k8s import build_manifests_parser
+
+    build_compare_parser(sub.add_parser("compare", help="compare two load runs: a table and overlaid charts"))
+    build_manifests_parser(sub.add_parser("manifests", help="write Kubernetes manifests for a distributed run"))
     return parser
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """Run a load test from parsed flags; returns 0 (SLOs held) or 1 (missed), raises ForgeError on bad input."""
-    return run_load(options_from_namespace(args))
+    """Run a load test from parsed flags (or a worker, or a subcommand); 0 (SLOs held) or 1 (missed); raises
+    ForgeError on bad input."""
+    command = getattr(args, "load_command", None)
+    if command == "compare":
+        from forge_slo.load.compare import compare_from_args
+
+        return compare_from_args(args)
+    if command == "manifests":
+        from forge_slo.load.k8s import manifests_from_args
+
+        return manifests_from_args(args)
+    if args.worker:
+        if not args.master_host:
+            raise UsageError("--worker: --master-host HOST (the master's address) is required")
+        return run_worker(str(args.master_host), int(args.master_port))
+    return run_load(options_from_namespace(args, require_out=True))
 
 
 # ---------------------------------------------------------------------------------------------------------

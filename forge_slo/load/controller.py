@@ -1,11 +1,13 @@
 """The controller of a load run, in Locust's master (or its only process): the plan of stages and its outputs.
 
 It gives the workers the run's options (:class:`~forge_slo.load.messages.WorkerSetup`), then walks through
-the stages: sets the users of a stage through :class:`ForgeLoadShape` (Locust's load shape), tells every
+the stages its plan gives (:mod:`forge_slo.load.search`: a fixed list, or a capacity search told each
+stage's verdict): sets the users of a stage through :class:`ForgeLoadShape` (Locust's load shape), tells every
 sending process to run it (:class:`~forge_slo.load.messages.StageCommand`), stops it after ``--duration``
-or ``--max-requests``, waits for the requests in flight, and stops a sweep at the first stage that missed
-an SLO. Records arrive in :class:`~forge_slo.load.messages.WorkerReport` messages (or straight from this
-process's users); at the end it writes ``run.json``, ``summary.json`` and ``report.html``.
+or ``--max-requests`` (a search: as soon as an SLO is clearly missed, or later while its verdict is unsure),
+waits for the requests in flight, and judges it. Records arrive in
+:class:`~forge_slo.load.messages.WorkerReport` messages (or straight from this process's users); at the end
+it writes ``run.json``, ``summary.json`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from locust.env import Environment
 from locust.runners import MasterRunner
 
 from forge_slo.errors import ForgeError
-from forge_slo.load.judge import SpecInfo, judge
+from forge_slo.load.judge import SpecInfo, held_confidence, judge, longer_helps, stage_verdict
 from forge_slo.load.messages import SETUP, STAGE, StageCommand, WorkerReport, WorkerSetup
 from forge_slo.load.options import LoadOptions, Stage
+from forge_slo.load.search import MISSED, NO_SPEC, StageResult, plan_for
 from forge_slo.load.sender import SENDER, freeze_heap
 from forge_slo.load.sink import RecordSink
 from forge_slo.runtime.net import url_of
@@ -36,6 +39,7 @@ STAGE_BROADCAST_S = 0.5   # the current stage (and the options, to a worker with
 FLUSH_INTERVAL_S = 0.5
 WORKER_WAIT_S = 60.0      # for every worker to take the run's options
 SENT_RATE_WINDOW_S = 10.0  # the live display's sent/s covers about this much of the recent past
+VERDICT_CHECK_S = 1.0     # a search looks at the running stage's verdict this often
 
 
 class Controller:
@@ -53,9 +57,13 @@ class Controller:
             metrics = LoadMetrics()
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.sink = RecordSink(self.out / "records.jsonl" if self.out else None, metrics,
-                               keep=spec is not None and options.stop_on_fail and len(options.stages) > 1)
+        self.sink = RecordSink(self.out / "records.jsonl" if self.out else None, metrics, keep=spec is not None,
+                               criteria=spec.criteria if spec is not None and options.search is not None else ())
         self.distributed = isinstance(env.runner, MasterRunner)
+        self.plan = plan_for(options)
+        if options.search is not None:
+            held_confidence(1, 1, 50)  # imports scipy now: importing it mid-stage would stall every stream
+        self.first: Stage | None = None
         self.desired: tuple[int, float] | None = (0, 1.0)
         self.started = False
         self.done = False
@@ -138,8 +146,9 @@ class Controller:
             if not self._wait(self._workers_configured, WORKER_WAIT_S) and not self.interrupted:
                 configured = sum(1 for r in self.reports.values() if r.configured)
                 log.warning("%d of %d workers took the run's options; starting anyway", configured, self.procs())
-        first = self.options.stages[0]
-        self.desired = (self._users(first), self._spawn_rate(self._users(first)))
+        first = self.first = self.plan.next_stage()
+        if first is not None:
+            self.desired = (self._users(first), self._spawn_rate(self._users(first)))
         self._greenlets.append(gevent.spawn(self._run))
 
     def _users(self, stage: Stage) -> int:
@@ -161,24 +170,30 @@ class Controller:
 
     def _run(self) -> None:
         try:
-            for index, stage in enumerate(self.options.stages):
-                if self.interrupted or not self._run_stage(index, stage):
+            stage, index = self.first, 0
+            while stage is not None and not self.interrupted:
+                result = self._run_stage(index, stage)
+                if result is None:
                     break
+                self.plan.record(result)
+                index += 1
+                stage = self.plan.next_stage()
         except gevent.GreenletExit:
             raise
         except Exception:
             log.exception("the stage controller failed")
             self.interrupted = True
+        self.stopped_early = self.plan.stopped_early
         self.done = True
         self.desired = None
 
-    def _run_stage(self, index: int, stage: Stage) -> bool:
-        """Run one stage to its end and drain it; False when the run ends here."""
+    def _run_stage(self, index: int, stage: Stage) -> StageResult | None:
+        """Run one stage to its end, drain and judge it; None when the run ends here."""
         opts = self.options
         procs = self.procs()
         users = self._users(stage)
         if not self._await_users(stage, users):
-            return False
+            return None
         command = StageCommand(index=index, name=stage.name, mode=stage.mode, value=stage.value, run=True,
                                procs=procs, users=users, duration_s=opts.duration_s, warmup_s=opts.warmup_s,
                                rate_per_user=stage.value / users if stage.mode == "rate" else None,
@@ -190,10 +205,24 @@ class Controller:
         meta["ended_at"] = time.time()
         self._broadcast(command.stopped())
         if self.interrupted:
-            return False
+            return None
         self._drain(index, meta)
         self.current = None
-        return not self._missed_slos(stage, index)
+        result = self._judge_stage(stage)
+        meta["verdict"] = result.verdict
+        return result
+
+    def _judge_stage(self, stage: Stage) -> StageResult:
+        """The stage's SLOs missed (point estimates) and, for a search, its verdict at the confidence asked."""
+        if not self.spec:
+            return StageResult(stage)
+        records = [r for r in self.sink.stage_records() if not r.warmup]
+        rows = judge(records, self.spec.criteria)
+        missed = tuple(s["name"] for s in rows if s["judged"] and not s["met"])
+        if self.options.search is None:
+            return StageResult(stage, missed, NO_SPEC)
+        verdict, confidence, _ = stage_verdict(rows)
+        return StageResult(stage, missed, verdict, confidence)
 
     def _await_users(self, stage: Stage, users: int) -> bool:
         """Ask Locust for the stage's users and wait until they run; False when interrupted meanwhile."""
@@ -216,17 +245,34 @@ class Controller:
         return meta
 
     def _hold(self, index: int, procs: int) -> str:
-        """Let the stage run until ``--duration``, its ``--max-requests`` or an interrupt; which one ended it."""
-        deadline = time.perf_counter() + self.options.duration_s
+        """Let the stage run until ``--duration``, its ``--max-requests`` or an interrupt, which one ended it; a
+        search also ends a stage as soon as an SLO is missed with the confidence asked, and sends on (up to
+        ``--max-stage-duration``) while its verdict is not that sure and sending longer could make it so."""
+        opts = self.options
+        started = time.perf_counter()
+        deadline = started + opts.duration_s
+        search = opts.search
+        hard = started + (search.max_stage_s if search is not None else opts.duration_s)
+        next_check, checked_at_end = started + opts.warmup_s + VERDICT_CHECK_S, False
         while True:
             if self.interrupted:
                 return "interrupt"
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                return "duration"
-            if self.options.max_requests and self._quota_done(index, procs):
+            now = time.perf_counter()
+            if opts.max_requests and self._quota_done(index, procs):
                 return "max_requests"
-            gevent.sleep(min(0.05, left))
+            if search is not None and (now >= next_check or (now >= deadline and not checked_at_end)):
+                next_check, checked_at_end = now + VERDICT_CHECK_S, now >= deadline
+                rows = self.sink.live.judge.rows()
+                verdict, confidence, _ = stage_verdict(rows, final=False)
+                if verdict == MISSED and confidence >= search.confidence:
+                    return "clear_failure"
+                factor = (hard - started) / max(now - started - opts.warmup_s, 0.1)
+                if now >= deadline and (confidence >= search.confidence
+                                        or not longer_helps(rows, factor, search.confidence)):
+                    return "duration"
+            if now >= hard:
+                return "duration" if search is None else "max_stage_duration"
+            gevent.sleep(0.05 if search is not None else min(0.05, max(deadline - now, 0.001)))
 
     def _drain(self, index: int, meta: dict[str, Any]) -> None:
         """Wait (up to ``--timeout``) for the stage's requests in flight, then count the stage."""
@@ -235,17 +281,6 @@ class Controller:
         meta["drained_at"] = time.time()
         if not drained and not self.interrupted:
             log.warning("stage %s: %d requests still running after the timeout", meta["name"], meta["cancelled"])
-
-    def _missed_slos(self, stage: Stage, index: int) -> bool:
-        """Whether a sweep stops here: the stage missed an SLO and ``--no-stop-on-fail`` was not given."""
-        opts = self.options
-        if not self.spec or not opts.stop_on_fail or index + 1 >= len(opts.stages):
-            return False
-        records = [r for r in self.sink.stage_records() if not r.warmup]
-        missed = [s["name"] for s in judge(records, self.spec.criteria) if s["judged"] and not s["met"]]
-        if missed:
-            self.stopped_early = f"stage {stage.name} missed {', '.join(missed)}"
-        return bool(missed)
 
     def _quota_done(self, index: int, procs: int) -> bool:
         reports = [r for r in self._reports() if r.index == index]
@@ -281,10 +316,22 @@ class Controller:
         return sum(r.in_flight for r in self._reports())
 
     def live(self) -> dict[str, Any]:
-        """Figures of the current stage for the progress display."""
+        """Figures of the current stage for the progress display: which stage of how many, time left."""
         view = self.sink.live_view()
         view["in_flight"] = self.in_flight()
         view["sent_per_s"] = self._sent_rate()
+        planned = self.plan.planned()
+        view["stage_number"] = len(self.stages)
+        view["stages_total"] = len(planned) if planned is not None else None
+        view["stage_left_s"] = None
+        view["run_left_s"] = None
+        meta = self.current
+        if meta is not None:
+            left = max(0.0, float(meta["started_at"]) + self.options.duration_s - time.time())
+            view["stage_left_s"] = left
+            view["stage_sending"] = meta.get("ended_at") is None
+            if planned is not None:
+                view["run_left_s"] = left + max(0, len(planned) - len(self.stages)) * self.options.duration_s
         return view
 
     def _sent_rate(self) -> float:
@@ -318,18 +365,31 @@ class Controller:
             "finished_at": time.time(),
             "interrupted": self.interrupted,
             "stopped_early": self.stopped_early,
-            "stages_planned": [s.name for s in opts.stages],
+            "stages_planned": [s.name for s in (self.plan.planned() or ())],
             "stages": self.stages,
+            "search": self._search_meta(),
             "metrics_url": self.metrics_url,
             "workload": {
                 "arrival": opts.arrival, "burstiness": opts.burstiness, "duration_s": opts.duration_s,
                 "warmup_s": opts.warmup_s, "max_requests": opts.max_requests,
                 "prompt_tokens": opts.prompt_tokens.describe(), "output_tokens": opts.output_tokens.describe(),
                 "dataset": opts.dataset_path, "ignore_eos": opts.ignore_eos, "timeout_s": opts.timeout_s,
+                "models": [f"{name}={weight:g}" for name, weight in opts.models] or None,
+                "turns": opts.turns.describe() if opts.turns is not None else None,
+                "prefix_share": opts.prefix_share or None,
+                "prefix_groups": opts.prefix_groups if opts.prefix_share else None,
+                "tokenizer": opts.tokenizer_path,
                 "max_in_flight": opts.max_in_flight, "seed": opts.seed,
                 "max_line_bytes": opts.max_line_bytes, "max_response_bytes": opts.max_response_bytes,
             },
         }
+
+    def _search_meta(self) -> dict[str, Any] | None:
+        search = self.options.search
+        if search is None:
+            return None
+        ended = getattr(self.plan, "reason", "") or ("interrupted" if self.interrupted else "")
+        return {**search.to_dict(), "ended": ended}
 
     def finalize(self, interrupted: bool = False) -> dict[str, Any] | None:
         """Close the records and write run.json, summary.json and report.html (once)."""

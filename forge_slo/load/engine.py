@@ -37,8 +37,8 @@ WORKER_EXIT_S = 5.0   # for the workers to quit on the master's word, before the
 ORPHAN_EXIT_S = 30  # once the CLI is gone, the run ends cleanly or the kernel ends it after this (SIGALRM)
 
 
-def worker_command(master_port: int) -> list[str]:
-    return python_module("locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", LOOPBACK,
+def worker_command(master_port: int, master_host: str = LOOPBACK) -> list[str]:
+    return python_module("locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", master_host,
                          "--master-port", str(master_port), "--loglevel", "WARNING")
 
 
@@ -110,6 +110,8 @@ def _main() -> int:
     events.init.fire(environment=env, runner=runner, web_ui=None)
     assert plan.options.out is not None
     with _workers(plan.options.workers, runner, Path(plan.options.out), stopper.stop):
+        if plan.options.expect_workers:
+            _await_remote_workers(plan.options.expect_workers, runner, plan.options, stopper.stop)
         return _drive(runner, ctl, stopper.stop, plan.options.progress)
 
 
@@ -128,7 +130,8 @@ def _environment(plan: EnginePlan) -> tuple[Any, Any]:
     parser = argument_parser.get_empty_argument_parser(default_config_files=[])
     argument_parser.setup_parser_arguments(parser)
     ns = parser.parse_args(args=[])  # Locust's own settings; forge-slo's options are in the plan
-    workers = plan.options.workers
+    opts = plan.options
+    workers = opts.workers or opts.expect_workers
     ns.headless = True
     ns.host = plan.options.target
     ns.expect_workers = max(workers, 1)
@@ -136,8 +139,30 @@ def _environment(plan: EnginePlan) -> tuple[Any, Any]:
     shape_class: Any = user.ForgeLoadShape  # Locust's LoadTestShape is untyped
     env = Environment(user_classes=[user.OpenAIUser], shape_class=shape_class(), events=locust.events,
                       host=plan.options.target, parsed_options=ns, stop_timeout=0.0)
-    runner = env.create_master_runner(LOOPBACK, free_port()) if workers else env.create_local_runner()
-    return env, runner
+    if not workers:
+        return env, env.create_local_runner()
+    host, port = (opts.master_bind_host, opts.master_bind_port) if opts.expect_workers else (LOOPBACK, free_port())
+    try:
+        return env, env.create_master_runner(host, port)
+    except Exception as exc:  # zmq's error for an address in use, or one this machine does not have
+        raise RunnerError(f"--master-bind-host/--master-bind-port: cannot listen on {host}:{port} ({exc})") from None
+
+
+def _await_remote_workers(count: int, runner: Any, opts: Any, stop: Any) -> None:
+    """Wait for ``count`` workers started elsewhere (``forge-slo load --worker``) to connect."""
+    import gevent
+
+    host, port = opts.master_bind_host, opts.master_bind_port
+    print(f"master listening on {host}:{port}: waiting for {count} worker(s); start each with "
+          f"'forge-slo load --worker --master-host {host if host not in ('0.0.0.0', '::') else 'THIS_HOST'} "
+          f"--master-port {port}'", flush=True)
+    deadline = time.monotonic() + opts.worker_wait_s
+    while runner.worker_count < count and not stop.is_set():
+        if time.monotonic() > deadline:
+            raise RunnerError(f"{runner.worker_count} of {count} workers connected within --worker-wait "
+                              f"{opts.worker_wait_s:g}s")
+        gevent.sleep(0.1)
+    print(f"{runner.worker_count} worker(s) connected", flush=True)
 
 
 @contextlib.contextmanager

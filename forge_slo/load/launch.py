@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from forge_slo.errors import RunnerError, UsageError
+from forge_slo.load.console import format_verdict
 from forge_slo.load.judge import SpecInfo, judged_spec
 from forge_slo.load.messages import EnginePlan
 from forge_slo.load.options import LoadOptions
 from forge_slo.runtime.process import child_env, python_module, stop_process
-from forge_slo.runtime.text import table
 
-OUTPUT_FILES = ("records.jsonl", "run.json", "summary.json", "report.html")
+__all__ = ["format_verdict", "run_load", "run_worker"]
+
+OUTPUT_FILES = ("records.jsonl", "run.json", "summary.json", "report.html", "server_metrics.jsonl")
 EXIT_INTERRUPTED = 130
 ENGINE_STOP_S = 30.0  # for an engine past its bound to write what it has after SIGINT
 
@@ -30,9 +32,16 @@ ENGINE_STOP_S = 30.0  # for an engine past its bound to write what it has after 
 def run_load(options: LoadOptions) -> int:
     """Run a load test; 0 (SLOs held), 1 (missed, or nothing succeeded) or 130 (interrupted); ForgeError."""
     spec = judged_spec(options.spec_path, options.service)
+    if options.check:
+        from forge_slo.load.check import run_check
+
+        run_check(options)  # a wrong model, endpoint, key or port: exit 2 now, nothing written
     out = _fresh_out(options)
-    bound_s = 60.0 + len(options.stages) * (options.duration_s + options.timeout_s + 40.0)
-    code, interrupted = _run_engine(EnginePlan(options, spec, lifeline=True), bound_s)
+    bound_s = 60.0 + options.stage_bound * (options.longest_stage_s + options.timeout_s + 40.0)
+    if options.expect_workers:
+        bound_s += options.worker_wait_s
+    with _server_view(options, spec, out):
+        code, interrupted = _run_engine(EnginePlan(options, spec, lifeline=True), bound_s)
     summary = _summary(out, options, spec)
     if summary is None:
         raise RunnerError(f"the load run failed (engine exit code {code}) and recorded no requests")
@@ -43,6 +52,39 @@ def run_load(options: LoadOptions) -> int:
     if code != 0:
         raise RunnerError(f"the load run failed (engine exit code {code}); the summary covers what ran")
     return _verdict_code(summary)
+
+
+@contextlib.contextmanager
+def _server_view(options: LoadOptions, spec: SpecInfo | None, out: Path) -> Iterator[None]:
+    """Read the server's metrics every second while the block runs (``--server-metrics``, ``--prometheus``)."""
+    from forge_slo.load.server_view import SERVER_METRICS, PrometheusSource, ScrapeSource, ServerView, series_for
+
+    series = series_for(options.server_preset or (spec.preset if spec is not None else "vllm"))
+    source: ScrapeSource | PrometheusSource | None = None
+    if options.prometheus_url:
+        source = PrometheusSource(options.prometheus_url, options.prometheus_selector, series)
+    elif options.server_metrics != "off":
+        url = options.target + "/metrics" if options.server_metrics == "auto" else options.server_metrics
+        source = ScrapeSource(url, series, [name for name, _ in options.model_mix])
+    if source is None or series.preset == "custom":
+        yield
+        return
+    view = ServerView(source, out / SERVER_METRICS).start()
+    try:
+        yield
+    finally:
+        view.stop()
+
+
+def run_worker(master_host: str, master_port: int) -> int:
+    """Be a Locust worker of a ``forge-slo load --master`` run until the master ends it; its exit code."""
+    from forge_slo.load.engine import worker_command
+
+    proc = subprocess.Popen(worker_command(master_port, master_host), env=child_env(), start_new_session=True,
+                            stdin=subprocess.DEVNULL)
+    print(f"worker: joining the master at {master_host}:{master_port}", flush=True)
+    code, interrupted = _wait_engine(proc, None)
+    return EXIT_INTERRUPTED if interrupted else code
 
 
 def _fresh_out(options: LoadOptions) -> Path:
@@ -100,7 +142,7 @@ def _run_engine(plan: EnginePlan, bound_s: float) -> tuple[int, bool]:
             lifeline.close()
 
 
-def _wait_engine(proc: subprocess.Popen[bytes], bound_s: float) -> tuple[int, bool]:
+def _wait_engine(proc: subprocess.Popen[bytes], bound_s: float | None) -> tuple[int, bool]:
     received: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
@@ -129,69 +171,3 @@ def _signals_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.2f}s"
-
-
-def format_verdict(summary: dict[str, Any]) -> str:
-    """The table printed at the end of a run: per stage figures, then every SLO's attainment."""
-    lines = _stage_lines(summary)
-    spec = summary.get("spec")
-    if spec:
-        lines += ["", f"SLOs of {spec['service']} ({spec['source']}):", *_slo_lines(summary)]
-    if summary.get("interrupted"):
-        lines.append("interrupted: the figures cover what ran until then")
-    if summary.get("stopped_early"):
-        lines.append(f"sweep stopped early: {summary['stopped_early']}")
-    from forge_slo.load.summary import saturation_note
-
-    verdict = summary.get("verdict")
-    if verdict == "pass":
-        text = "verdict: PASS (every judged SLO held)"
-    elif verdict == "fail":
-        text = "verdict: FAIL (an SLO was missed)"
-    else:
-        text = "verdict: none (no --spec given)"
-    lines.append(text + saturation_note(summary))
-    return "\n".join(lines)
-
-
-def _stage_lines(summary: dict[str, Any]) -> list[str]:
-    head = ("stage", "requests", "failed", "sent/s", "served/s", "tok/s", "TTFT p50", "TTFT p99", "TPOT p99",
-            "ITL p99", "e2e p99", "goodput/s", "load")
-    rows: list[tuple[str, ...]] = []
-    for s in summary.get("stages", []):
-        lat = s["latency"]
-        rows.append((s["name"], str(s["requests"]), str(s["failed"]), f"{s['sent_per_s']:.2f}",
-                     f"{s['requests_per_s']:.2f}", f"{s['output_tokens_per_s']:.0f}", _ms(lat["ttft_s"]["p50"]),
-                     _ms(lat["ttft_s"]["p99"]), _ms(lat["tpot_s"]["p99"]), _ms(lat["itl_s"]["p99"]),
-                     _ms(lat["e2e_s"]["p99"]), f"{s['goodput_requests_per_s']:.2f}",
-                     "saturated" if s.get("saturated") else "kept up"))
-    lines = table(head, rows)
-    for s in summary.get("stages", []):
-        kinds = s["errors"]["by_kind"]
-        if kinds:
-            lines.append(f"errors in {s['name']}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()))
-        if s.get("saturated"):
-            lines.append(f"{s['name']} saturated: " + "; ".join(s.get("saturation", [])))
-    lines.append("sent/s: offered, over the sending window; served/s, tok/s, goodput/s: over first request sent "
-                 "to last finished (drain included)")
-    return lines
-
-
-def _slo_lines(summary: dict[str, Any]) -> list[str]:
-    rows: list[tuple[str, ...]] = []
-    for s in summary.get("stages", []):
-        for slo in s["slos"]:
-            if not slo["judged"]:
-                rows.append((s["name"], slo["name"], f"{slo['objective_percent']:g}%", "-", "not judged client-side"))
-                continue
-            what = "availability" if slo["kind"] == "availability" else f"{slo['metric']} <= {slo['threshold_s']:g}s"
-            att = slo["attainment_percent"]
-            rows.append((s["name"], slo["name"], f"{what} for {slo['objective_percent']:g}%",
-                         "-" if att is None else f"{att:.2f}% of {slo['events']}", "PASS" if slo["met"] else "FAIL"))
-    return table(("stage", "SLO", "objective", "attained", "verdict"), rows)

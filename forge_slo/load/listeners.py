@@ -83,7 +83,7 @@ def _controller_from_flags(env: Environment) -> int:
     ns = env.parsed_options
     if ns is None:
         raise ForgeError("forge-slo load needs Locust's parsed options")
-    options = options_from_namespace(ns, host=env.host, default_users=getattr(ns, "num_users", None))
+    options = options_from_namespace(ns, host=env.host, default_users=getattr(ns, "num_users", None), locust=True)
     setup_controller(env, options, judged_spec(options.spec_path, options.service))
     return 0
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from forge_slo.errors import SourceError
 from forge_slo.load.judge import SpecInfo
+from forge_slo.load.server_view import SERVER_METRICS, Sample, read_samples, window_quantiles
 from forge_slo.load.summary import build_summary, write_json
 from forge_slo.sources.records import RequestRecord, read_records
 
@@ -25,13 +26,39 @@ def write_outputs(out: Path, run: dict[str, Any], spec: SpecInfo | None) -> dict
     write_json(out / RUN, run)
     records = _records(out)
     summary = build_summary(records, run, spec)
+    meta, samples = read_samples(out / SERVER_METRICS)
+    if samples:
+        attach_server(summary, samples, meta)
     write_json(out / SUMMARY, summary)
     from forge_slo.load.report import render_report
 
     tmp = out / (REPORT + ".tmp")
-    tmp.write_text(render_report(summary, records), encoding="utf-8")
+    tmp.write_text(render_report(summary, records, samples), encoding="utf-8")
     tmp.replace(out / REPORT)
     return summary
+
+
+def attach_server(summary: dict[str, Any], samples: list[Sample], meta: dict[str, Any]) -> None:
+    """Each stage's figures from the server's own metrics (``server`` in the stage): its TTFT p50/p99 over the
+    stage, the mean running and waiting requests, the highest KV-cache usage."""
+    summary["server_metrics"] = {"source": meta.get("source"), "preset": meta.get("preset"),
+                                 "samples": len(samples)}
+    for stage in summary.get("stages", []):
+        start = float(stage.get("started_at") or 0.0)
+        end = start + float(stage.get("wall_s") or 0.0) + 1.0
+        if stage.get("ended_at"):
+            end = max(end, float(stage["ended_at"]))
+        inside = [s for s in samples if start <= s["t"] <= end]
+        p50, p99 = window_quantiles(samples, start, end)
+
+        def mean(key: str, inside: list[Sample] = inside) -> float | None:
+            values = [float(s[key]) for s in inside if s.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        kv = [float(s["kv_cache_usage"]) for s in inside if s.get("kv_cache_usage") is not None]
+        stage["server"] = {"ttft_p50": p50, "ttft_p99": p99, "running_mean": mean("running"),
+                           "waiting_mean": mean("waiting"), "kv_cache_usage_max": max(kv) if kv else None,
+                           "samples": len(inside)}
 
 
 def _records(out: Path) -> list[RequestRecord]:

@@ -16,9 +16,10 @@ import gevent.pool  # type: ignore[import-untyped]
 
 from forge_slo.load.messages import StageCommand, WorkerReport
 from forge_slo.load.options import LoadOptions
+from forge_slo.load.requests import RequestFactory, Workload, load_tokenizer
 from forge_slo.load.sink import RecordSink
 from forge_slo.load.stream import record_json
-from forge_slo.load.workload import RequestFactory, load_dataset
+from forge_slo.load.workload import load_dataset
 from forge_slo.sources.records import RequestRecord
 
 STAGGER_MAX_S = 1.0      # closed-loop streams start evenly spread over this (or 5% of a stage)
@@ -79,11 +80,15 @@ class Sender:
         self.report_greenlet: Any = None
 
     def configure(self, options: LoadOptions, worker_index: int, distributed: bool = False) -> None:
-        """Take the run's options (reading ``--dataset`` here, where requests are built); UsageError."""
+        """Take the run's options (reading ``--dataset`` and ``--tokenizer`` here, where requests are built);
+        UsageError."""
         seed = options.seed * 1_000_003 + worker_index
         dataset = load_dataset(options.dataset_path, options.api) if options.dataset_path else None
-        self.factory = RequestFactory(options.model, options.api, options.prompt_tokens, options.output_tokens,
-                                      dataset, options.ignore_eos, random.Random(seed + 1))
+        workload = Workload(options.api, options.model_mix, options.prompt_tokens, options.output_tokens,
+                            options.ignore_eos, dataset, options.turns, options.prefix_share, options.prefix_groups,
+                            options.seed)
+        self.factory = RequestFactory(workload, random.Random(seed + 1), tokenizer=load_tokenizer(
+            options.tokenizer_path), process=worker_index)
         self.rng = random.Random(seed)
         self.worker_index = worker_index
         self.extra = {"worker": worker_index} if distributed else {}

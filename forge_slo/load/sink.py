@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from forge_slo.load.judge import Criterion, LiveJudge
 from forge_slo.load.metrics import LoadMetrics
 from forge_slo.load.stream import record_json
 from forge_slo.sources.records import RequestRecord, iter_records
@@ -21,10 +22,12 @@ RATE_WINDOW_S = 5.0
 
 
 class LiveStage:
-    """Running figures of the current stage for the progress display."""
+    """Running figures of the current stage for the progress display (``ok``, ``failed``, rates and TTFT cover
+    measured requests; warm-up requests are counted apart) and, for a search, its SLOs' attainment so far."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, criteria: Sequence[Criterion] = ()) -> None:
         self.name = name
+        self.judge = LiveJudge(criteria)
         self.ok = 0
         self.failed = 0
         self.warmup = 0
@@ -36,11 +39,14 @@ class LiveStage:
     def add(self, record: RequestRecord, now: float) -> None:
         if record.warmup:
             self.warmup += 1
+            return
+        if self.judge.criteria:
+            self.judge.add(record)
         if record.ok:
             self.done_times.append((now, record.output_tokens or 0))
             self.ok += 1
             self.output_tokens += record.output_tokens or 0
-            if record.ttft_s is not None and not record.warmup:
+            if record.ttft_s is not None:
                 self.ttft.append(record.ttft_s)
         else:
             self.failed += 1
@@ -72,7 +78,8 @@ class RecordSink:
     stage are read back from the file when the stage is judged.
     """
 
-    def __init__(self, path: Path | None, metrics: LoadMetrics | None = None, keep: bool = False) -> None:
+    def __init__(self, path: Path | None, metrics: LoadMetrics | None = None, keep: bool = False,
+                 criteria: Sequence[Criterion] = ()) -> None:
         self.path = path
         self._file: TextIO | None = path.open("w", encoding="utf-8") if path is not None else None
         self.metrics = metrics
@@ -80,6 +87,7 @@ class RecordSink:
         self.keep = keep and path is None  # without a file, the stage's records stay in memory instead
         self._kept: list[RequestRecord] = []
         self._stage_offset = 0
+        self.criteria = tuple(criteria)
         self.live = LiveStage("")
         self.closed = False
 
@@ -88,7 +96,7 @@ class RecordSink:
         if self._file is not None:
             self._file.flush()
             self._stage_offset = self._file.tell()
-        self.live = LiveStage(name)
+        self.live = LiveStage(name, self.criteria)
 
     def stage_records(self) -> list[RequestRecord]:
         """Every record of the current stage (read back from the file)."""
@@ -134,6 +142,6 @@ class RecordSink:
         now = time.monotonic()
         rps, tps = self.live.rates(now)
         p50, p99 = self.live.ttft_percentiles()
-        return {"stage": self.live.name, "ok": self.live.ok, "failed": self.live.failed,
+        return {"stage": self.live.name, "ok": self.live.ok, "failed": self.live.failed, "warmup": self.live.warmup,
                 "by_kind": dict(self.live.by_kind), "requests_per_s": rps, "tokens_per_s": tps,
                 "ttft_p50": p50, "ttft_p99": p99, "records": self.count}

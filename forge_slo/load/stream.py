@@ -72,9 +72,9 @@ class StreamMeter:
 
     __slots__ = ("t_sent", "max_tokens", "token_times", "excess_events", "finish_reason", "prompt_tokens",
                  "completion_tokens", "done", "t_done", "t_last", "bytes", "error_kind", "error", "status",
-                 "_prefix", "_suffix", "_templates_tried")
+                 "_prefix", "_suffix", "_templates_tried", "texts")
 
-    def __init__(self, t_sent: float, max_tokens: int) -> None:
+    def __init__(self, t_sent: float, max_tokens: int, keep_text: bool = False) -> None:
         self.t_sent = t_sent
         self.max_tokens = max_tokens  # what the request asked for: the bound of a believable usage count
         self.token_times: list[float] = []  # at most max_tokens: a server that sends more is counted, not kept
@@ -92,6 +92,12 @@ class StreamMeter:
         self._prefix: bytes | None = None
         self._suffix = b""
         self._templates_tried = 0
+        self.texts: list[str] | None = [] if keep_text else None  # the answer's text (a session's history)
+
+    @property
+    def text(self) -> str:
+        """The text of the answer's token chunks (with ``keep_text``; empty otherwise)."""
+        return "".join(self.texts or ())
 
     def feed(self, line: bytes, now: float) -> bool:
         """Take one line read at ``now``; returns True once the stream has ended with ``[DONE]``.
@@ -112,6 +118,8 @@ class StreamMeter:
             return False
         if self._fits_template(payload):
             self._token(now)
+            if self.texts is not None:
+                self.texts.append(json.loads(payload[len(self._prefix or b""):len(payload) - len(self._suffix)]))
             return False
         self._parse(payload, now)
         return False
@@ -139,6 +147,9 @@ class StreamMeter:
             choice = choices[0]
             if token:
                 self._token(now)
+                if key is not None and self.texts is not None:
+                    slot = _content_slot(event, key)
+                    self.texts.append(str(slot.get(key) or "") if slot is not None else "")
                 if key is not None and self._templates_tried < _TEMPLATE_TRIES:
                     self._learn_template(payload, event, key)
             reason = choice.get("finish_reason")

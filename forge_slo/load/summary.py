@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from forge_slo.load.judge import Criterion, SpecInfo, good_requests, judge
+from forge_slo.load.judge import Criterion, SpecInfo, good_requests, judge, stage_verdict
 from forge_slo.sources.records import ERROR_KINDS, RequestRecord, outcome_of
 
 SUMMARY_VERSION = 1
@@ -168,11 +168,70 @@ def stage_summary(stage: dict[str, Any], records: Sequence[RequestRecord],
             "by_status": dict(sorted(statuses.items())),
         },
         "finish_reasons": dict(sorted(finish.items())),
+        "top_errors": top_errors(measured),
+        "models": _per_model(measured),
         "slos": slos,
+        "missed": [s["name"] for s in judged if not s["met"]],
         "good_requests": good,
         "goodput_requests_per_s": _rate(good, wall),
         "verdict": verdict,
     }
+
+
+def top_errors(records: Sequence[RequestRecord], limit: int = 3) -> list[dict[str, Any]]:
+    """The most frequent failures: kind, message (its first 160 characters) and how many requests had it."""
+    seen = Counter((r.error_kind or "other", r.error[:160]) for r in records if not r.ok)
+    return [{"kind": k, "message": m, "requests": n}
+            for (k, m), n in sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
+
+
+def _per_model(records: Sequence[RequestRecord]) -> dict[str, dict[str, Any]]:
+    """Requests, successes and TTFT p50/p99 per model, when the run sent to more than one."""
+    models = sorted({r.model for r in records})
+    if len(models) < 2:
+        return {}
+    out = {}
+    for model in models:
+        mine = [r for r in records if r.model == model]
+        ttft = latency_stats(r.ttft_s for r in mine if r.ok and r.ttft_s is not None)
+        out[model] = {"requests": len(mine), "succeeded": sum(1 for r in mine if r.ok),
+                      "ttft_p50": ttft["p50"], "ttft_p99": ttft["p99"]}
+    return out
+
+
+def search_answer(stages: Sequence[dict[str, Any]], search: dict[str, Any]) -> dict[str, Any]:
+    """The capacity search's answer: the highest load that held with the confidence asked, below the lowest that
+    did not; what broke first above it; every stage tried, in order."""
+    asked = float(search["confidence"])
+    failing = [s for s in stages if s["search_verdict"] != "held"]
+    lowest_fail = min(failing, key=lambda s: float(s["target"])) if failing else None
+    held = [s for s in stages if s["search_verdict"] == "held"
+            and (lowest_fail is None or float(s["target"]) < float(lowest_fail["target"]))]
+    best = max(held, key=lambda s: float(s["target"])) if held else None
+    answer = None
+    if best is not None:
+        judged = [x for x in best["slos"] if x["judged"]]
+        least = min(judged, key=lambda x: x["held_confidence"]) if judged else None
+        answer = {"stage": best["name"], "value": best["target"], "goodput_requests_per_s":
+                  best["goodput_requests_per_s"], "requests_per_s": best["requests_per_s"],
+                  "sent_per_s": best["sent_per_s"], "output_tokens_per_s": best["output_tokens_per_s"],
+                  "confidence": best["search_confidence"], "sure": best["search_confidence"] >= asked,
+                  "least_sure": None if least is None else {"name": least["name"],
+                                                            "held_confidence": least["held_confidence"]}}
+    above = None
+    if lowest_fail is not None:
+        broke = sorted((x for x in lowest_fail["slos"] if x["judged"] and x["name"] in lowest_fail["search_slos"]),
+                       key=lambda x: (x["held_confidence"], (x["attainment_percent"] or 0.0) - x["objective_percent"]))
+        above = {"stage": lowest_fail["name"], "value": lowest_fail["target"],
+                 "verdict": lowest_fail["search_verdict"], "confidence": lowest_fail["search_confidence"],
+                 "sure": lowest_fail["search_confidence"] >= asked,
+                 "broke": [{"name": x["name"], "attainment_percent": x["attainment_percent"],
+                            "objective_percent": x["objective_percent"], "held_confidence": x["held_confidence"]}
+                           for x in broke]}
+    return {**search, "answer": answer, "above": above,
+            "tried": [{"stage": s["name"], "value": s["target"], "verdict": s["search_verdict"],
+                       "confidence": s["search_confidence"], "slos": s["search_slos"], "stopped_by": s["stopped_by"],
+                       "duration_s": s["duration_s"]} for s in stages]}
 
 
 def saturation_note(summary: dict[str, Any]) -> str:
@@ -191,12 +250,19 @@ def build_summary(records: Sequence[RequestRecord], run: dict[str, Any], spec: S
     stages = []
     for stage in run.get("stages", []):
         stages.append(stage_summary(stage, by_stage.get(stage["name"], []), criteria))
+    search = run.get("search")
+    if search and criteria:
+        for st in stages:
+            st["search_verdict"], st["search_confidence"], st["search_slos"] = stage_verdict(st["slos"])
     if not criteria:
         verdict = "no_spec"
     elif not stages:
         verdict = "fail"
     else:
         verdict = "pass" if all(s["verdict"] == "pass" for s in stages) else "fail"
+    answer = search_answer(stages, search) if search and criteria else None
+    if answer is not None:  # a search fails stages on purpose: it passes when some load held
+        verdict = "pass" if answer["answer"] is not None else "fail"
     return {
         "version": SUMMARY_VERSION,
         "target": run.get("target"),
@@ -217,6 +283,7 @@ def build_summary(records: Sequence[RequestRecord], run: dict[str, Any], spec: S
         },
         "verdict": verdict,
         "saturated_stages": [s["name"] for s in stages if s["saturated"]],
+        "search": answer,
         "stages": stages,
     }
 

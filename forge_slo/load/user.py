@@ -15,6 +15,8 @@ process shares with its users (:mod:`~forge_slo.load.sender`), the messages betw
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import socket
@@ -177,27 +179,39 @@ class OpenAIUser(FastHttpUser):
             sender.in_flight -= 1
 
     def request_once(self, stage: str, warmup: bool) -> RequestRecord:
-        """Send one streaming request and measure it; never raises for a failed request."""
+        """Send one request (streaming, or an embeddings request) and measure it; never raises for a failed
+        request."""
         opts = SENDER.options
-        assert opts is not None and SENDER.factory is not None
-        plan = SENDER.factory.next()
+        factory = SENDER.factory
+        assert opts is not None and factory is not None
+        plan = factory.next()
         trace_id, traceparent = new_traceparent()
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
                    "Accept-Encoding": "identity", "traceparent": traceparent}
         if opts.api_key:
             headers["Authorization"] = f"Bearer {opts.api_key}"
         start_wall = time.time()
-        meter = StreamMeter(time.perf_counter(), plan.max_tokens)
-        self._exchange(opts, plan.body, headers, meter)
+        meter = StreamMeter(time.perf_counter(), plan.max_tokens, keep_text=plan.session is not None)
+        if opts.api == "embeddings":
+            headers["Accept"] = "application/json"
+            self._exchange(opts, plan.body, headers, meter, embeddings=True)
+        else:
+            self._exchange(opts, plan.body, headers, meter)
+        extra = SENDER.extra if not plan.extra and plan.prompt_tokens is None else \
+            {**SENDER.extra, **plan.extra, **_local_count(plan.prompt_tokens)}
         try:
-            record = meter.record(start_time=start_wall, model=opts.model, stage=stage, warmup=warmup,
-                                  trace_id=trace_id, extra=SENDER.extra)
+            record = meter.record(start_time=start_wall, model=plan.model, stage=stage, warmup=warmup,
+                                  trace_id=trace_id, extra=extra)
+            if record.prompt_tokens is None and plan.prompt_tokens is not None:
+                record = dataclasses.replace(record, prompt_tokens=plan.prompt_tokens)
         except Exception as exc:  # whatever the server sent, the request is a record
             record = _client_failure(exc, start_wall, stage, warmup, meter)
+        factory.finish(plan, record.ok, meter.text)
         self._report_to_locust(record, start_wall, meter.bytes, opts)
         return record
 
-    def _exchange(self, opts: LoadOptions, body: bytes, headers: dict[str, str], meter: StreamMeter) -> None:
+    def _exchange(self, opts: LoadOptions, body: bytes, headers: dict[str, str], meter: StreamMeter,
+                  embeddings: bool = False) -> None:
         """POST the request and read its answer into ``meter``; every failure ends up in ``meter``."""
         got_headers = False
         stream: Any = None
@@ -214,7 +228,10 @@ class OpenAIUser(FastHttpUser):
             got_headers = True
             meter.status = status
             stream = resp.stream
-            self._read_answer(resp, stream, meter, opts)
+            if embeddings:
+                _read_embeddings(resp, stream, meter, opts)
+            else:
+                self._read_answer(resp, stream, meter, opts)
         except StreamError as exc:
             meter.fail(exc.kind, exc.message, time.perf_counter())
         except _RequestTimeout as exc:
@@ -285,6 +302,42 @@ def _sleep_until(t: float, st: ProcStage) -> bool:
         gevent.sleep(min(delay, 0.2))
         if SENDER.stage is not st or not st.running:
             return False
+
+
+def _local_count(tokens: int | None) -> dict[str, int]:
+    return {} if tokens is None else {"prompt_tokens_local": tokens}
+
+
+def _read_embeddings(resp: Any, stream: Any, meter: StreamMeter, opts: LoadOptions) -> None:
+    """An embeddings answer: one JSON body with ``data[*].embedding`` and ``usage``; e2e is its last byte (there
+    is no first token)."""
+    if resp.status_code != 200:
+        meter.fail("http", error_message(stream.read(ERROR_BODY_BYTES), resp.status_code), time.perf_counter())
+        return
+    reader = _line_reader(stream, meter.t_sent, opts)
+    chunks = []
+    while line := reader.readline():
+        chunks.append(line)
+    now = time.perf_counter()
+    body = b"".join(chunks)
+    meter.bytes = len(body)
+    meter.t_last = meter.t_done = now
+    try:
+        data = json.loads(body)
+        vectors = data["data"]
+        if not isinstance(vectors, list) or not vectors or not all(
+                isinstance(v, dict) and isinstance(v.get("embedding"), list | str) for v in vectors):
+            raise ValueError("no 'data' list of embeddings")
+        usage = data.get("usage") or {}
+        prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    except (ValueError, KeyError, TypeError) as exc:
+        meter.fail("malformed", f"not an embeddings answer ({exc}): {body[:80].decode('utf-8', 'replace')}", now)
+        return
+    meter.done = True
+    meter.finish_reason = "stop"
+    if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt >= 0:
+        meter.prompt_tokens = prompt
+    meter.completion_tokens = 0
 
 
 def _line_reader(stream: Any, t0: float, opts: LoadOptions) -> LineReader:

@@ -1,18 +1,20 @@
-"""What a load run sends: prompt and output lengths, prompts from a dataset, arrival times, request bodies.
+"""What a load run sends: prompt and output lengths (fixed, drawn, or from a file), synthetic text, arrivals.
 
-Pure functions and small frozen types; no Locust here, so the tests and the CLI use them directly.
+Pure functions and small frozen types; no Locust here, so the tests and the CLI use them directly. Datasets are
+read by :mod:`forge_slo.load.datasets` and request bodies built by :mod:`forge_slo.load.requests`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
+import statistics
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from forge_slo.errors import UsageError
+from forge_slo.load.datasets import Dataset, Prompt, load_dataset, read_lengths
+
+__all__ = ["Arrivals", "Dataset", "LengthDist", "Prompt", "load_dataset", "parse_length", "synthetic_text"]
 
 # Three-letter words: " the" is one token in the BPE tokenizers of Llama, Qwen and GPT models, and four
 # characters are one token in the simulator's estimate (characters / 4), so N words are about N tokens.
@@ -27,23 +29,30 @@ _WORDS = (
 
 @dataclass(frozen=True)
 class LengthDist:
-    """A length in tokens: fixed, uniform in [a, b], or normal(mean, stddev) rounded and clamped to >= 1."""
+    """A length in tokens: fixed, uniform in [a, b], normal(mean, stddev) rounded and clamped to >= 1, or drawn
+    from the lengths of a file (``empirical``: ``values``, read from ``source``)."""
 
-    kind: Literal["fixed", "uniform", "normal"]
+    kind: Literal["fixed", "uniform", "normal", "empirical"]
     a: float
     b: float = 0.0
+    values: tuple[int, ...] = ()
+    source: str = ""
 
     def sample(self, rng: random.Random) -> int:
         if self.kind == "fixed":
             return int(self.a)
         if self.kind == "uniform":
             return rng.randint(int(self.a), int(self.b))
+        if self.kind == "empirical":
+            return self.values[rng.randrange(len(self.values))]
         return max(1, round(rng.gauss(self.a, self.b)))
 
     @property
     def mean(self) -> float:
         if self.kind == "uniform":
             return (self.a + self.b) / 2
+        if self.kind == "empirical":
+            return statistics.fmean(self.values)
         return self.a
 
     def describe(self) -> str:
@@ -51,11 +60,20 @@ class LengthDist:
             return f"{int(self.a)}"
         if self.kind == "uniform":
             return f"uniform:{int(self.a)}:{int(self.b)}"
+        if self.kind == "empirical":
+            return f"file:{self.source} ({len(self.values)} lengths, mean {self.mean:.1f})"
         return f"normal:{self.a:g}:{self.b:g}"
 
 
-def parse_length(text: str) -> LengthDist:
-    """``128``, ``uniform:64:256`` or ``normal:128:32``; raises ValueError with the reason."""
+def parse_length(text: str, flag: str = "length") -> LengthDist:
+    """``128``, ``uniform:64:256``, ``normal:128:32`` or ``file:PATH`` (one length per line, or a JSON array);
+    raises ValueError with the reason (UsageError naming ``flag`` and the file for a bad file)."""
+    if text.strip().startswith("file:"):
+        path = text.strip()[len("file:"):].strip()
+        if not path:
+            raise ValueError(f"{text!r}: file:PATH needs a path")
+        values = read_lengths(path, flag)
+        return LengthDist("empirical", min(values), max(values), values, path)
     parts = [p.strip() for p in text.strip().split(":")]
     try:
         if len(parts) == 1:
@@ -79,129 +97,12 @@ def parse_length(text: str) -> LengthDist:
         if "needs" in str(exc) or "at least" in str(exc):
             raise
         raise ValueError(f"{text!r}: numbers expected ({exc})") from None
-    raise ValueError(f"{text!r} is not N, uniform:MIN:MAX or normal:MEAN:STDDEV")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One dataset entry: a completions prompt or chat messages, and an optional output length."""
-
-    prompt: str | None = None
-    messages: tuple[dict[str, Any], ...] = ()
-    max_tokens: int | None = None
-
-
-@dataclass(frozen=True)
-class Dataset:
-    path: str
-    prompts: tuple[Prompt, ...]
-
-
-MAX_DATASET_LINES = 1_000_000
-
-
-def load_dataset(path: str, api: str) -> Dataset:
-    """Read a JSONL dataset; every problem raises UsageError as ``FILE:LINE: reason``."""
-    prompts: list[Prompt] = []
-    try:
-        handle = Path(path).open(encoding="utf-8")  # noqa: SIM115 - the with below closes it
-    except OSError as exc:
-        raise UsageError(f"--dataset: {path}: {exc.strerror or exc}") from None
-    with handle:
-        try:
-            for number, line in enumerate(handle, 1):
-                if number > MAX_DATASET_LINES:
-                    raise UsageError(f"{path}:{number}: more than {MAX_DATASET_LINES} lines")
-                if not line.strip():
-                    continue
-                prompts.append(_dataset_entry(line, f"{path}:{number}", api))
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    if not prompts:
-        raise UsageError(f"{path}: the dataset has no prompts")
-    return Dataset(path, tuple(prompts))
-
-
-def _dataset_entry(line: str, where: str, api: str) -> Prompt:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{where}: not JSON: {exc.msg} (column {exc.colno})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{where}: each line must be a JSON object")
-    unknown = sorted(set(data) - {"prompt", "messages", "max_tokens", "output_tokens", "id"})
-    if unknown:
-        raise UsageError(f"{where}: unknown field {unknown[0]!r} (allowed: prompt, messages, max_tokens, id)")
-    max_tokens = data.get("max_tokens", data.get("output_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        raise UsageError(f"{where}: max_tokens: must be a whole number >= 1, got {max_tokens!r}")
-    prompt, messages = data.get("prompt"), data.get("messages")
-    if (prompt is None) == (messages is None):
-        raise UsageError(f"{where}: give exactly one of 'prompt' and 'messages'")
-    if prompt is not None:
-        if not isinstance(prompt, str) or not prompt:
-            raise UsageError(f"{where}: prompt: must be a non-empty string")
-        if api == "chat":
-            return Prompt(messages=({"role": "user", "content": prompt},), max_tokens=max_tokens)
-        return Prompt(prompt=prompt, max_tokens=max_tokens)
-    if api != "chat":
-        raise UsageError(f"{where}: messages: needs --api chat (the completions API takes 'prompt')")
-    if not isinstance(messages, list) or not messages:
-        raise UsageError(f"{where}: messages: must be a non-empty list")
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str) or "content" not in msg:
-            raise UsageError(f"{where}: messages[{i}]: must be an object with 'role' and 'content'")
-    return Prompt(messages=tuple(messages), max_tokens=max_tokens)
+    raise ValueError(f"{text!r} is not N, uniform:MIN:MAX, normal:MEAN:STDDEV or file:PATH")
 
 
 def synthetic_text(tokens: int, rng: random.Random) -> str:
     """About ``tokens`` tokens of text: random three-letter words, so prompts do not share a prefix."""
     return " ".join(rng.choice(_WORDS) for _ in range(max(1, tokens)))
-
-
-@dataclass(frozen=True)
-class RequestPlan:
-    body: bytes
-    max_tokens: int
-
-
-class RequestFactory:
-    """Builds the JSON bodies of a run's requests from its lengths or dataset (one per process)."""
-
-    def __init__(self, model: str, api: str, prompt_tokens: LengthDist, output_tokens: LengthDist,
-                 dataset: Dataset | None, ignore_eos: bool, rng: random.Random) -> None:
-        self.model = model
-        self.api = api
-        self.prompt_tokens = prompt_tokens
-        self.output_tokens = output_tokens
-        self.dataset = dataset
-        self.ignore_eos = ignore_eos
-        self.rng = rng
-
-    def next(self) -> RequestPlan:
-        rng = self.rng
-        body: dict[str, Any] = {"model": self.model}
-        if self.dataset is not None:
-            entry = self.dataset.prompts[rng.randrange(len(self.dataset.prompts))]
-            max_tokens = entry.max_tokens or self.output_tokens.sample(rng)
-            if self.api == "chat":
-                body["messages"] = list(entry.messages)
-            else:
-                body["prompt"] = entry.prompt
-        else:
-            max_tokens = self.output_tokens.sample(rng)
-            text = synthetic_text(self.prompt_tokens.sample(rng), rng)
-            if self.api == "chat":
-                body["messages"] = [{"role": "user", "content": text}]
-            else:
-                body["prompt"] = text
-        body["max_tokens"] = max_tokens
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-        if self.ignore_eos:
-            body["ignore_eos"] = True
-        return RequestPlan(json.dumps(body, separators=(",", ":")).encode(), max_tokens)
 
 
 class Arrivals:

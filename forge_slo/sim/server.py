@@ -36,8 +36,10 @@ from forge_slo.sim.wire import (
     Kind,
     WireError,
     check_context_length,
+    embeddings_response,
     full_response,
     parse_body,
+    parse_embeddings,
     parse_generation,
     stream_frames,
 )
@@ -124,6 +126,7 @@ class SimServer:
         app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -355,6 +358,18 @@ class SimServer:
                 stream=parsed.stream,
             ),
         )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """A minimal embeddings route: the prefill time of the input, then a small fixed vector per input. It
+        does not queue for the model's slots and moves none of the preset's counters."""
+        model, tokens, inputs = parse_embeddings(parse_body(await read_body(request, self.read_timeout_s)))
+        name = model if model is not None else self.default_model
+        engine = self.engines.get(name)
+        if engine is None:
+            raise WireError(404, f"The model `{name}` does not exist.", param="model", code=404)
+        cfg = engine.cfg
+        await asyncio.sleep(cfg.prefill_base_s + cfg.prefill_per_token_s * tokens)
+        return web.Response(body=embeddings_response(name, tokens, inputs), content_type=_JSON)
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [

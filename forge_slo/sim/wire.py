@@ -349,3 +349,41 @@ def full_response(
             "usage": usage(prompt_tokens, completion_tokens),
         }
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Embeddings (a minimal route: enough for a load test of the endpoint)
+
+EMBEDDING_DIMENSIONS = 8
+
+
+def parse_embeddings(body: dict[str, Any]) -> tuple[str | None, int, int]:
+    """(model, prompt tokens, inputs) of an embeddings request; ``input`` is a string, token ids, or a list of
+    either."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad(f"'model' must be a string, got {_json_type(model)}.", "model", "invalid_type")
+    raw = body.get("input")
+    if raw is None:
+        raise bad("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+    items = raw if isinstance(raw, list) and raw and not all(_is_id(t) for t in raw) else [raw]
+    tokens = 0
+    for i, item in enumerate(items):
+        if isinstance(item, str) and item:
+            tokens += estimate_tokens(item)
+        elif isinstance(item, list) and item and all(_is_id(t) for t in item):
+            tokens += len(item)
+        else:
+            raise bad(f"'input[{i}]' must be a non-empty string or array of token ids.", "input", "invalid_type")
+    return model, max(1, tokens), len(items)
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def embeddings_response(model: str, tokens: int, inputs: int) -> bytes:
+    vector = [round(1.0 / (d + 1), 6) for d in range(EMBEDDING_DIMENSIONS)]
+    data = [{"object": "embedding", "index": i, "embedding": vector} for i in range(inputs)]
+    return _dumps({"object": "list", "data": data, "model": model,
+                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
