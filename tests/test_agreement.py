@@ -49,6 +49,10 @@ BASE_WINDOW_S = 10
 # Thresholds that are bucket bounds of every preset having the alias, and that split the traffic.
 THRESHOLDS = {"ttft": 0.1, "tpot": 0.1, "itl": 0.1, "e2e": 1.0}
 TGI_E2E = 1.122274146401882  # TGI's geometric bound nearest 1 s
+# Per-request TPOT at 95%: the mean of 11 jittery gaps is over 100 ms for about one request in a hundred (more
+# when other work delays the simulator), so both verdicts stay clear of the objective; per-gap ITL at 99% is
+# missed by far (about one gap in eight is over 100 ms).
+OBJECTIVES = {"tpot": 95, "itl": 99}
 
 
 def spec_text(preset: str) -> str:
@@ -57,7 +61,7 @@ def spec_text(preset: str) -> str:
     for alias, threshold in THRESHOLDS.items():
         if alias in p.histograms:
             bound = TGI_E2E if (preset == "tgi" and alias == "e2e") else threshold
-            objective = 99 if alias in ("tpot", "itl") else 80
+            objective = OBJECTIVES.get(alias, 80)
             slos.append(f"  - {{name: {alias}, objective: {objective}, sli: {{latency: {{metric: {alias}, "
                         f"threshold: {bound!r}}}}}}}")
     return (f"apiVersion: forge-slo/v1\nkind: ServiceSLO\nservice: agree-{preset}\npreset: {preset}\n"
@@ -162,8 +166,8 @@ def test_client_and_server_count_the_same_share_of_bad_events(stack: Stack, pres
 
 @pytest.mark.parametrize("preset", [p for p in SIM_PRESETS if "tpot" in PRESETS[p].histograms])
 def test_jittery_tpot_gets_the_same_verdict_from_the_load_test_and_the_rules(stack: Stack, preset: str) -> None:
-    """Gaps of 60 ms, 40 ms spread: per request the TPOT averages them out (all under 100 ms: met), while
-    one gap in ten or so is over 100 ms (the per-gap ITL at 99% is missed). Client and rules say the same."""
+    """Gaps of 60 ms, 40 ms spread: per request the TPOT averages them out (nearly all under 100 ms: 95% met),
+    while about one gap in eight is over 100 ms (the per-gap ITL at 99% is missed). Client and rules agree."""
     client = client_slos(stack.runs[preset])
     for name in ("tpot", "itl"):
         budget = 1 - client[name]["objective_percent"] / 100
