@@ -823,8 +823,9 @@ def sim_config(slowdown: float, *faults: dict[str, Any]) -> dict[str, Any]:
     }], "faults": list(faults)}
 
 
-# One request in twenty waits 600 ms before its first token: the median does not move, the tail does.
-TAIL_FAULT = {"kind": "stall", "stall_s": 0.6, "at_token": 0, "probability": 0.05}
+# One request in twenty waits 1.2 s before its first token: the median does not move, the tail does. (Judged
+# against 1 s: a baseline request delayed by a busy machine stays under it, where one of 500 ms did not.)
+TAIL_FAULT = {"kind": "stall", "stall_s": 1.2, "at_token": 0, "probability": 0.05}
 
 
 async def _traffic(urls: list[str], per_arm: int, concurrency: int = 16, deadline_s: float = 60.0) -> None:
@@ -937,11 +938,11 @@ def test_end_to_end_slow_canary_fails_identical_does_not_and_stopped_prometheus_
 
 
 def _tail_canary_burns_the_budget_in_budget_terms(cluster: Cluster, spec_file: Path) -> None:
-    """A canary whose typical request is as fast as the baseline's, but one request in twenty is 600 ms late
-    to its first token: against a TTFT SLO of 99% under 500 ms it burns the budget at about 5x, through its
+    """A canary whose typical request is as fast as the baseline's, but one request in twenty is 1.2 s late
+    to its first token: against a TTFT SLO of 99% under 1 s it burns the budget at about 5x, through its
     tail alone, and the verdict says so in budget terms (from the real Prometheus' histogram buckets)."""
     spec = spec_file.with_name("tail.yaml")
-    spec.write_text(SPEC.replace("threshold: 0.25", "threshold: 0.5"), encoding="utf-8")
+    spec.write_text(SPEC.replace("threshold: 0.25", "threshold: 1.0"), encoding="utf-8")
     run = canary_cli("--spec", str(spec), "--prometheus", cluster.prometheus.url, "--baseline", "deployment=baseline",
                      "--canary", "deployment=tail", "--window", "3m", "--json")
     assert run.returncode == 1, run.stdout + run.stderr
@@ -954,7 +955,7 @@ def _tail_canary_burns_the_budget_in_budget_terms(cluster: Cluster, spec_file: P
     canary_burn, baseline_burn = tail["budget"]["canary"]["burn_rate"], tail["budget"]["baseline"]["burn_rate"]
     assert 3.0 < canary_burn < 8.0 and baseline_burn < canary_burn / 3  # a loaded machine delays a few baseline ones
     assert re.search(r"ttft\.tail: canary burns ttft budget at \d\.\dx, baseline \d(\.\d+)?x, beyond burn factor 1 "
-                     r"\(requests over 500 ms: canary", verdict["reason"]), verdict["reason"]
+                     r"\(requests over 1 s: canary", verdict["reason"]), verdict["reason"]
 
 
 # ---------------------------------------------------------------------------------------------- fail closed
