@@ -6,16 +6,19 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forge_slo import __version__
 from forge_slo.compile.pipeline import PRODUCERS, compile_specs, formats
 from forge_slo.durations import duration_flag
 from forge_slo.runtime.exits import run
 from forge_slo.spec.model import ServiceSpec
+
+if TYPE_CHECKING:
+    from forge_slo.output import DirPlan
 
 EPILOG = ("Exit codes: 0 success, 1 failure (stale output, an SLO missed, a canary failed, a runner error), "
           "2 bad input (spec, flags), 3 a source error or an inconclusive canary.")
@@ -216,12 +219,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     plans = write_output(result.artifacts, targets)
     slos = sum(len(s.slos) for s in specs)
     print(f"compiled {len(specs)} services, {slos} SLOs into {len(result.artifacts)} files")
+    _print_plans(plans)
+    return 0
+
+
+def _print_plans(plans: Iterable[DirPlan]) -> None:
+    """Each file written, then each stale file of an earlier run removed."""
     for plan in plans:
         for rel in sorted(plan.files):
             print(f"  {plan.path / rel}")
         for rel in plan.stale:
             print(f"  removed {plan.path / rel} (no spec produces it any more)")
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -241,11 +249,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     artifacts = [Artifact(f"openslo/{name}", text) for name, text in sorted(exported.files.items())]
     plans = write_output(artifacts, {"openslo": args.out})
     print(f"exported {len(specs)} services as OpenSLO v1")
-    for plan in plans:
-        for rel in sorted(plan.files):
-            print(f"  {plan.path / rel}")
-        for rel in plan.stale:
-            print(f"  removed {plan.path / rel} (no spec produces it any more)")
+    _print_plans(plans)
     return 0
 
 

@@ -299,18 +299,29 @@ def _run_prometheus(spec: ServiceSpec, config: JudgeConfig, args: argparse.Names
             return judge_source(spec, source, config, start=now - window, end=now, complete=True,
                                 window_seconds=window)
         looks = _planned_looks(window, args.interval, f"--window {format_duration(window)}")
-        start = time.time()
-        verdict = None
-        for k in range(1, looks + 1):
-            look_at = min(start + k * args.interval, start + window)
+        return _look_until_decided(spec, source, config, emit, start=time.time(), window=window,
+                                   interval=args.interval, looks=looks, wait=True)
+
+
+def _look_until_decided(spec: ServiceSpec, source: CanarySource, config: JudgeConfig,
+                        emit: Callable[[CanaryVerdict], None], *, start: float, window: float, interval: float,
+                        looks: int, wait: bool) -> CanaryVerdict:
+    """A look every ``interval`` over the data since ``start`` until pass or fail or the end of the window;
+    ``wait``: each look waits for its time to come (live data), else they follow at once (records)."""
+    from forge_slo.canary.judge import judge_source
+
+    verdict = None
+    for k in range(1, looks + 1):
+        look_at = min(start + k * interval, start + window)
+        if wait:
             time.sleep(max(look_at - time.time(), 0.0))
-            verdict = judge_source(spec, source, config, start=start, end=look_at, complete=k == looks,
-                                   window_seconds=window)
-            emit(verdict)
-            if verdict.verdict in ("pass", "fail"):
-                break
-        assert verdict is not None
-        return verdict
+        verdict = judge_source(spec, source, config, start=start, end=look_at, complete=k == looks,
+                               window_seconds=window)
+        emit(verdict)
+        if verdict.verdict in ("pass", "fail"):
+            break
+    assert verdict is not None
+    return verdict
 
 
 def _planned_looks(window: float, interval: float, what: str) -> int:
@@ -401,16 +412,8 @@ def _run_records(spec: ServiceSpec, config: JudgeConfig, args: argparse.Namespac
     what = (f"--window {format_duration(window)}" if args.window is not None else
             f"the records' span of {format_duration(window)} (from their first request to their last)")
     looks = _planned_looks(window, args.interval, what)
-    verdict = None
-    for k in range(1, looks + 1):
-        look_at = min(first + k * args.interval, first + window)
-        verdict = judge_source(spec, source, config, start=first, end=look_at, complete=k == looks,
-                               window_seconds=window)
-        emit(verdict)
-        if verdict.verdict in ("pass", "fail"):
-            break
-    assert verdict is not None
-    return verdict
+    return _look_until_decided(spec, source, config, emit, start=first, window=window, interval=args.interval,
+                               looks=looks, wait=False)
 
 
 # ------------------------------------------------------------------------------------------------- gate
@@ -486,15 +489,6 @@ def gate_from_args(args: argparse.Namespace) -> int:
 
 def _gate_token(args: argparse.Namespace) -> str | None:
     """The gate's token from --token, --token-file or $FORGE_SLO_GATE_TOKEN, validated; None when none."""
-    from forge_slo.runtime.auth import check_token, token_from
+    from forge_slo.runtime.auth import token_from_flags
 
-    if args.token is not None and args.token_file:
-        raise UsageError("--token and --token-file: give one of them")
-    if not args.token_file:
-        return token_from("--token", args.token, TOKEN_ENV)
-    try:
-        text = Path(args.token_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"--token-file: {args.token_file}: {reason or exc}") from None
-    return check_token(text.strip(), f"--token-file {args.token_file}")
+    return token_from_flags(args.token, args.token_file, TOKEN_ENV)

@@ -33,16 +33,13 @@ import asyncio
 import contextlib
 import json
 import math
-import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import httpx
 from aiohttp import web
@@ -53,16 +50,15 @@ from forge_slo.canary.model import CanaryVerdict, JudgeConfig
 from forge_slo.canary.selectors import SelectorError, check_arms, format_selector, parse_selector
 from forge_slo.canary.sources import PrometheusSource
 from forge_slo.durations import parse_duration
-from forge_slo.errors import RunnerError
 from forge_slo.runtime import auth, net
 from forge_slo.runtime.serving import (
-    LINGER_S,
     READ_TIMEOUT_S,
-    SHUTDOWN_GRACE_S,
     BodyError,
     exit_now,
+    in_daemon_thread,
     parse_json,
     read_body,
+    serve_app,
 )
 from forge_slo.sources.prometheus import PrometheusClient
 from forge_slo.spec.model import ServiceSpec
@@ -76,7 +72,6 @@ LOOK_TIMEOUT_S = 8.0
 # (within its own timeout).
 MAX_CONCURRENT_LOOKS = 256
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -234,7 +229,7 @@ class Gate:
         self._looking.add(task)
         try:
             async with asyncio.timeout(timeout), self._slots:
-                return await _in_daemon_thread(self.evaluate, analysis, start, now, complete, deadline)
+                return await in_daemon_thread("gate-look", self.evaluate, analysis, start, now, complete, deadline)
         except TimeoutError:
             source = PrometheusSource(self._prometheus, analysis.baseline, analysis.canary)
             return unavailable(analysis.spec, self.options.config,
@@ -407,32 +402,6 @@ class _LookClient(PrometheusClient):
         request.extensions["timeout"] = httpx.Timeout(min(left, self.timeout_s)).as_dict()
 
 
-async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``await fn(*args)`` run in a new daemon thread: unlike asyncio.to_thread's pool, nothing waits for it at
-    exit, so a look blocked on a hung Prometheus cannot hold the process after SIGTERM."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():  # the look timed out or was cancelled: nobody wants the answer
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        try:
-            result, error = fn(*args), None
-        except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="gate-look", daemon=True).start()
-    return await future
-
-
 def _unauthorized(why: str) -> web.Response:
     return web.Response(status=401, text=json.dumps({"error": f"Authorization: {why}", "field": "Authorization"}),
                         content_type=_JSON, headers={"WWW-Authenticate": 'Bearer realm="forge-slo"'})
@@ -468,31 +437,8 @@ def serve(options: GateOptions, *, host: str, port: int, ready_file: str | None 
 
 async def _serve(options: GateOptions, host: str, port: int, ready_file: str | None) -> int:
     gate = Gate(options)
-    # keepalive_timeout: aiohttp closes a connection that has not delivered a whole request line and headers
-    # this long after it opened or got its last answer (it has no header timeout of its own).
-    runner = web.AppRunner(gate.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S,
-                           keepalive_timeout=options.read_timeout_s, lingering_time=LINGER_S)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise RunnerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound = runner.addresses[0]
-    if ready_file:  # written whole, then renamed: a reader never sees half a file
-        partial = Path(f"{ready_file}.tmp")
-        partial.write_text(json.dumps({"host": host, "port": bound[1], "pid": os.getpid()}), encoding="utf-8")
-        os.replace(partial, ready_file)
-    print(f"forge-slo gate listening on {net.url_of(bound)} for {', '.join(sorted(options.specs))}",
-          file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        gate.close()  # first: looks waiting on Prometheus would hold the connections' shutdown
-        await runner.cleanup()
-    return 0
+    # gate.close first: looks waiting on Prometheus would hold the connections' shutdown
+    return await serve_app(gate.app(), host, port, read_timeout_s=options.read_timeout_s, ready_file=ready_file,
+                           announce=lambda url: f"forge-slo gate listening on {url} for "
+                                                f"{', '.join(sorted(options.specs))}",
+                           on_stop=gate.close)

@@ -92,18 +92,9 @@ def build_ui_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _token(args: argparse.Namespace) -> str | None:
     """The token from --token, --token-file or the environment, validated; None when none is given."""
-    from forge_slo.runtime.auth import check_token, token_from
+    from forge_slo.runtime.auth import token_from_flags
 
-    if args.token is not None and args.token_file:
-        raise UsageError("--token and --token-file: give one of them")
-    if not args.token_file:
-        return token_from("--token", args.token, TOKEN_ENV)
-    try:
-        text = Path(args.token_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"--token-file: {args.token_file}: {reason or exc}") from None
-    return check_token(text.strip(), f"--token-file {args.token_file}")
+    return token_from_flags(args.token, args.token_file, TOKEN_ENV)
 
 
 def ui_from_args(args: argparse.Namespace) -> int:

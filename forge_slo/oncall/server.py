@@ -12,29 +12,28 @@ a hung Prometheus gives a page that says so, and never holds the process past SI
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
-import json
-import os
-import signal
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
 
 from forge_slo.durations import format_duration, parse_duration
-from forge_slo.errors import RunnerError
 from forge_slo.oncall import pages
 from forge_slo.oncall.status import read_detail, read_status, unknown_detail, unknown_status
 from forge_slo.runtime import auth, net
-from forge_slo.runtime.serving import LINGER_S, READ_TIMEOUT_S, SHUTDOWN_GRACE_S, BodyError, read_body
+from forge_slo.runtime.serving import (
+    READ_TIMEOUT_S,
+    BodyError,
+    in_daemon_thread,
+    read_body,
+    serve_app,
+)
 from forge_slo.sources.prometheus import PrometheusClient
 from forge_slo.spec.model import ServiceSpec
 
@@ -138,7 +137,7 @@ class StatusServer:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         async with asyncio.timeout(self.options.page_timeout_s):
-            return await _in_daemon_thread(fn, *args)
+            return await in_daemon_thread("ui-read", fn, *args)
 
     def _late(self) -> str:
         return (f"{self.options.prometheus_url}: Prometheus did not answer within "
@@ -193,32 +192,6 @@ class StatusServer:
         return response
 
 
-async def _in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``await fn(*args)`` in a new daemon thread: nothing waits for it at exit, so a read blocked on a hung
-    Prometheus cannot hold the process after SIGTERM."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():  # timed out or cancelled: nobody wants the answer
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        try:
-            result, error = fn(*args), None
-        except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="ui-read", daemon=True).start()
-    return await future
-
-
 def serve(options: UiOptions, *, host: str, port: int, ready_file: str | None = None) -> int:
     """Serve until SIGINT or SIGTERM; returns 0."""
     if options.token is None and not net.is_loopback(host):
@@ -229,33 +202,10 @@ def serve(options: UiOptions, *, host: str, port: int, ready_file: str | None = 
 
 async def _serve(options: UiOptions, host: str, port: int, ready_file: str | None) -> int:
     server = StatusServer(options)
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S,
-                           keepalive_timeout=options.read_timeout_s, lingering_time=LINGER_S)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        server.close()
-        raise RunnerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound = runner.addresses[0]
-    if ready_file:  # written whole, then renamed: a reader never sees half a file
-        partial = Path(f"{ready_file}.tmp")
-        partial.write_text(json.dumps({"host": host, "port": bound[1], "pid": os.getpid()}), encoding="utf-8")
-        os.replace(partial, ready_file)
     slos = sum(len(spec.slos) for spec in options.specs)
-    print(f"forge-slo ui listening on {net.url_of(bound)}: {slos} SLOs of "
-          f"{', '.join(sorted(spec.service for spec in options.specs))}, read from {options.prometheus_url}",
-          file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        server.close()
-    return 0
+    services = ", ".join(sorted(spec.service for spec in options.specs))
+    return await serve_app(server.app(), host, port, read_timeout_s=options.read_timeout_s, ready_file=ready_file,
+                           announce=lambda url: f"forge-slo ui listening on {url}: {slos} SLOs of {services}, "
+                                                f"read from {options.prometheus_url}",
+                           on_stop=server.close)
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from forge_slo.errors import UsageError
 
@@ -78,3 +79,19 @@ def token_from(flag: str, value: str | None, env: str, environ: Mapping[str, str
     if not from_env:
         return None
     return check_token(from_env, f"${env}")
+
+
+def token_from_flags(value: str | None, file: str | None, env: str, flag: str = "--token",
+                     file_flag: str = "--token-file") -> str | None:
+    """The token of a server's ``--token``, ``--token-file`` (its text, trimmed) or ``$env``,
+    validated; None when none is given. Both flags at once, or a file that cannot be read, is a UsageError."""
+    if value is not None and file:
+        raise UsageError(f"{flag} and {file_flag}: give one of them")
+    if not file:
+        return token_from(flag, value, env)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"{file_flag}: {file}: {reason or exc}") from None
+    return check_token(text.strip(), f"{file_flag} {file}")

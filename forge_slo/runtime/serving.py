@@ -17,8 +17,9 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -31,6 +32,7 @@ LINGER_S = 1.0
 # depth where the parser or a later json.dumps of the value would hit Python's recursion limit.
 MAX_JSON_DEPTH = 128
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
 
 
 class BodyError(ValueError):
@@ -125,6 +127,77 @@ class StopSignals:
             if ready:
                 with contextlib.suppress(BlockingIOError):
                     self._reader.recv(4096)  # drained; the Python handler has run in this thread by now
+
+
+async def in_daemon_thread(name: str, fn: Callable[..., T], *args: Any) -> T:
+    """``await fn(*args)`` run in a new daemon thread called ``name``: unlike asyncio.to_thread's pool, nothing
+    waits for it at exit, so a call blocked on a hung upstream (Prometheus) cannot hold the process after
+    SIGTERM. An answer that comes after the awaiting coroutine timed out or was cancelled is dropped."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # timed out or cancelled: nobody wants the answer
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
+
+
+async def serve_app(app: web.Application, host: str, port: int, *, read_timeout_s: float, ready_file: str | None,
+                    announce: Callable[[str], str], on_stop: Callable[[], None]) -> int:
+    """Serve ``app`` on ``host:port`` until SIGINT or SIGTERM; returns 0.
+
+    Once listening it writes ``ready_file`` (``{"host", "port", "pid"}``, whole or not at all) and prints
+    ``announce(url)`` to stderr, the URL being the address really bound. ``on_stop`` runs first when the
+    server stops (or cannot listen), so upstream clients it closes release requests waiting on them; then the
+    requests in flight get :data:`SHUTDOWN_GRACE_S`. ``read_timeout_s``: aiohttp closes a connection that has
+    not delivered a whole request line and headers this long after it opened or got its last answer (it has
+    no header timeout of its own)."""
+    from aiohttp import web
+
+    from forge_slo.errors import RunnerError
+    from forge_slo.runtime import net
+
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S,
+                           keepalive_timeout=read_timeout_s, lingering_time=LINGER_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        on_stop()
+        await runner.cleanup()
+        raise RunnerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = runner.addresses[0]
+    if ready_file:  # written whole, then renamed: a reader never sees half a file
+        partial = f"{ready_file}.tmp"
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump({"host": host, "port": bound[1], "pid": os.getpid()}, handle)
+        os.replace(partial, ready_file)
+    print(announce(net.url_of(bound)), file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        on_stop()
+        await runner.cleanup()
+    return 0
 
 
 def exit_now(code: int) -> NoReturn:

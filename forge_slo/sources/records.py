@@ -245,16 +245,7 @@ def _parse(line: str, where: str) -> Any:
 
 def read_records(path: str | Path) -> list[RequestRecord]:
     """Every record of a JSONL file; a bad line raises SourceError naming the file and line."""
-    path = Path(path)
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read records: {exc.strerror or exc}") from None
-    with handle:
-        try:
-            return list(iter_records(_bounded_lines(handle, str(path)), str(path)))
-        except OSError as exc:
-            raise SourceError(f"{path}: cannot read records: {exc.strerror or exc}") from None
+    return list(iter_records_file(path))
 
 
 def iter_records_file(path: str | Path) -> Iterator[RequestRecord]:
