@@ -542,8 +542,11 @@ def test_fixed_ttft_is_what_the_config_says(sim: SimProcess) -> None:
     ttft = sorted(r["ttft"] for r in results)[1]
     # Never earlier than configured; later only by scheduling delay (room for a machine busy with other work).
     assert 0.1 - EARLY <= ttft <= 0.1 + SLACK, ttft
-    gaps = [b - a for r in results for a, b in zip(r["times"], r["times"][1:], strict=False)]
-    assert 0.01 - EARLY <= sorted(gaps)[len(gaps) // 2] <= 0.01 + SLACK / 10, gaps
+    # The 5th token follows 4 gaps of 10 ms: never before 140 ms (the client cannot read what was not sent). Its
+    # own gaps are not a measure: a client delayed by other work reads several tokens at once.
+    last = [r["times"][-1] for r in results]
+    assert all(len(r["times"]) == 5 for r in results), results
+    assert min(last) >= 0.14 - EARLY and sorted(last)[1] <= 0.14 + SLACK, last
 
 
 def test_second_request_waits_for_the_first_when_one_sequence_fits(sim: SimProcess) -> None:
