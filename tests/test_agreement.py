@@ -141,8 +141,10 @@ def client_slos(run: Run) -> dict[str, dict[str, Any]]:
 
 # Room for the two clocks: the client starts timing when it sends, the server when the request arrives, so a
 # request within a few ms of a bound may land on either side; and for availability, a request in flight at
-# the edges of the period window.
-TOLERANCE = {"availability": 0.03, "ttft": 0.06, "tpot": 0.03, "itl": 0.04, "e2e": 0.06}
+# the edges of the period window. TTFTs spread evenly over 50-250 ms put 0.5% of requests in each ms around
+# the 100 ms bound: 0.1 is 20 ms of client-side delay, what a machine busy with other work adds (a wrong
+# bound or a TTFT read at the wrong token is off by far more).
+TOLERANCE = {"availability": 0.03, "ttft": 0.1, "tpot": 0.03, "itl": 0.04, "e2e": 0.06}
 
 
 @pytest.mark.parametrize("preset", SIM_PRESETS)
