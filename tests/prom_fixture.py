@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from forge_slo.runtime.process import stop_process
+
 PROMETHEUS_BIN = os.environ.get("FORGE_SLO_PROMETHEUS", "/usr/bin/prometheus")
 
 
@@ -87,13 +89,7 @@ class PrometheusHandle:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, timeout_s=15)
         self._log_file.close()
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from forge_slo.runtime.process import stop_process
 from tests.prom_fixture import free_port
 
 VICTORIA_METRICS_BIN = os.environ.get("FORGE_SLO_VICTORIA_METRICS", "/usr/bin/victoria-metrics")
@@ -55,13 +56,7 @@ class Child:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, timeout_s=15)
         self.log_file.close()
 
 
