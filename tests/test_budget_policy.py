@@ -9,21 +9,18 @@ below 25%) holds releases.
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from loopback_http import loopback_http
 from prom_fixture import prometheus_available, start_prometheus
 
 from forge_slo import conventions as cv
@@ -98,30 +95,6 @@ def exposition(elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-@contextlib.contextmanager
-def target(answer: Callable[[], str]) -> Iterator[str]:
-    """A scrape target on 127.0.0.1 serving ``answer()``; yields host:port."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-            data = answer().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 @dataclass
@@ -144,8 +117,9 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gate]:
     compiled = run_cli("compile", str(specs), "--out", str(tmp / "out"))
     assert compiled.returncode == 0, compiled.stderr
     started = time.time()
-    with target(lambda: exposition(time.time() - started)) as address:
-        prom = start_prometheus(tmp, [address], rule_files=[tmp / "out/prometheus/*.rules.yaml"], interval="1s")
+    with loopback_http(lambda _path: (200, exposition(time.time() - started))) as url:
+        prom = start_prometheus(tmp, [url.removeprefix("http://")], rule_files=[tmp / "out/prometheus/*.rules.yaml"],
+                                interval="1s")
         ready = tmp / "gate.json"
         log = tmp / "gate.log"
         process: subprocess.Popen[bytes] | None = None

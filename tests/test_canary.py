@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import http.server
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import promql_parser
 import pytest
 import yaml
+from loopback_http import loopback_http
 from prom_fixture import PrometheusHandle, free_port, prometheus_available, start_prometheus
 from scipy import stats as scipy_stats
 
@@ -1000,31 +1000,6 @@ def _exposition(elapsed: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-@contextlib.contextmanager
-def loopback_http(answer: Callable[[str], tuple[int, str]]) -> Iterator[str]:
-    """A tiny HTTP server on 127.0.0.1: ``answer(path) -> (status, body)``; yields its URL, stopped after."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-            status, body = answer(self.path)
-            data = body.encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from loopback_http import serve_handler
 from prom_fixture import prometheus_available, start_prometheus
 
 from forge_slo.runtime.process import free_port
@@ -102,17 +102,8 @@ class _KeyedHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-@contextlib.contextmanager
-def keyed_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeyedHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def keyed_server() -> contextlib.AbstractContextManager[str]:
+    return serve_handler(_KeyedHandler)
 
 
 def _closed_port() -> int:
