@@ -4,6 +4,7 @@ the peers' shapes loads or fails with a SpecError."""
 
 from __future__ import annotations
 
+import copy
 import math
 import subprocess
 import textwrap
@@ -519,7 +520,9 @@ def test_mutated_peer_specs_load_or_fail_with_a_spec_error(tmp_path_factory: pyt
         parent: Any = docs
         for key in where[:-1]:
             parent = parent[key]
-        parent[where[-1]] = data.draw(odd_values)
+        # A copy: ODD's lists and dicts are shared objects, and a later mutation inside one of them would
+        # change ODD itself, so Hypothesis would draw differently when it replays an example.
+        parent[where[-1]] = copy.deepcopy(data.draw(odd_values))
     path = tmp_path_factory.mktemp("mutated") / source.name
     path.write_text(yaml.safe_dump_all(docs))
     try:
