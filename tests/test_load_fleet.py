@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import re
 import subprocess
 import sys
 import time
@@ -174,6 +175,15 @@ def test_the_servers_metrics_are_recorded_and_charted(sim: SimProcess, spec_file
     for title in ("The server's view", "Server: requests running and waiting", "Server: KV-cache usage",
                   "TTFT, server and client"):
         assert title in report
+    # A run of a few seconds still draws the TTFT over time: its windows are shorter than 5 s, each line
+    # has points inside the chart (a window's middle never lies past the end of the run).
+    chart = report[report.index("TTFT, server and client"):]
+    chart = chart[:chart.index("</svg>")]
+    assert "over 5 s windows" not in chart
+    lines = re.findall(r'<polyline[^>]*points="([^"]+)"', chart)
+    assert len(lines) >= 2, chart  # client's and server's p50 and p99
+    xs = [float(p.split(",")[0]) for pts in lines for p in pts.split()]
+    assert max(len(pts.split()) for pts in lines) >= 2 and len(set(xs)) >= 2, lines
 
 
 def test_a_server_without_the_presets_series_is_said_once(sim: SimProcess, tmp_path: Path) -> None:

@@ -421,10 +421,13 @@ def _ttft_beside(summary: dict[str, Any], records: Sequence[RequestRecord], samp
     ok = sorted((r.start_time + (r.ttft_s or 0.0), r.ttft_s or 0.0) for r in records if r.ok and r.ttft_s is not None)
     server: dict[str, list[tuple[float, float]]] = {"p50": [], "p99": []}
     client: dict[str, list[tuple[float, float]]] = {"p50": [], "p99": []}
+    # Windows of SERVER_WINDOW_S, shorter for a short run (at least three of them, not under the one-second
+    # scrape interval), so a run of a few seconds still has points to draw.
+    window = SERVER_WINDOW_S if end >= 3 * SERVER_WINDOW_S else round(max(1.0, end / 3), 1)
     t = 0.0
-    while t < end:
-        a, b = t0 + t, t0 + t + SERVER_WINDOW_S
-        mid = t + SERVER_WINDOW_S / 2
+    while t == 0.0 or t < end - window / 2:  # a last piece shorter than half a window would tell little
+        a, b = t0 + t, t0 + t + window
+        mid = t + min(window, end - t) / 2  # the middle of what the window covers of the run
         for q, v in zip(("p50", "p99"), window_quantiles(samples, a, b), strict=True):
             if v is not None:
                 server[q].append((mid, v * 1000))
@@ -432,15 +435,15 @@ def _ttft_beside(summary: dict[str, Any], records: Sequence[RequestRecord], samp
         if mine:
             for q, v in zip(("p50", "p99"), np.percentile(mine, (50, 99)), strict=True):
                 client[q].append((mid, float(v) * 1000))
-        t += SERVER_WINDOW_S
+        t += window
     values = [v for d in (server, client) for pts in d.values() for _, v in pts]
     if not values:
         return ""
-    chart = Chart(f"TTFT, server and client (p50, p99 over {SERVER_WINDOW_S:g} s windows)", "seconds since start",
+    chart = Chart(f"TTFT, server and client (p50, p99 over {window:g} s windows)", "seconds since start",
                   "TTFT (ms)", (0.0, end), (0.0, max(values) * 1.15), band_rows=_band_rows(summary))
-    for q, color in (("p50", PALETTE[0]), ("p99", PALETTE[1])):
-        chart.line(client[q], color, f"client {q}")
-        chart.line(server[q], color, f"server {q} (histogram)", dash="6,3")
+    for q, color in (("p50", PALETTE[0]), ("p99", PALETTE[1])):  # a line of one or two points is hard to see
+        chart.line(client[q], color, f"client {q}", markers=len(client[q]) < 3)
+        chart.line(server[q], color, f"server {q} (histogram)", dash="6,3", markers=len(server[q]) < 3)
     for thr, label in _thresholds(summary, "ttft"):
         chart.hline(thr * 1000, label)
     _stage_marks(chart, summary, t0)
